@@ -1,0 +1,39 @@
+# poisonlab: `make demo` sets up and runs the default experiment; `make test` sets up and runs the tests.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_VERSION ?= 2.13.0
+TORCH_SPEC ?= torch==$(TORCH_VERSION)
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(TORCH_VERSION)
+PYTEST_ARGS ?=
+DATA ?= ../shared/data
+
+.PHONY: setup demo test bench examples clean help
+
+help:
+	@echo "make demo   - create $(VENV), install, run BadNets on the embedded digits data"
+	@echo "make test   - create $(VENV), install, run the test suite"
+	@echo "make bench  - training throughput: in-memory trainer vs DataLoader vs roofline (MNIST)"
+	@echo "variables: PYTHON=$(PYTHON) TORCH_VERSION=$(TORCH_VERSION) DATA=$(DATA)"
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch first, pinned: a plain `torch` requirement would pull several GB of CUDA packages
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/poisonlab run examples/digits_badnets.yaml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python bench/throughput.py --data-dir $(DATA)
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

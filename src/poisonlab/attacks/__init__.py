@@ -1,0 +1,18 @@
+"""Poisoning attacks, registered by name in :data:`ATTACKS`."""
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import PoisonlabError
+from .base import ATTACKS, Attack, AttackTestSet, PoisonResult
+from .badnets import BadNets, BadNetsConfig
+
+
+def build_attack(raw: dict[str, Any]) -> Attack:
+    """Build an attack from its ``attack:`` config section (``name`` picks the attack)."""
+    if not isinstance(raw, dict) or "name" not in raw:
+        raise PoisonlabError(f"attack section needs a 'name' (one of {', '.join(ATTACKS.names())})")
+    return ATTACKS.get(raw["name"]).from_config(raw)
+
+
+__all__ = ["ATTACKS", "Attack", "AttackTestSet", "PoisonResult", "BadNets", "BadNetsConfig", "build_attack"]

@@ -1,0 +1,142 @@
+"""BadNets (Gu, Dolan-Gavitt, Garg 2017, arXiv 1708.06733).
+
+Pick floor(p * |D_train|) training images at random (optionally only from source
+classes), stamp the trigger on copies, give them the attacker's labels, and **add**
+them to the training set (``mode: replace`` overwrites the originals instead).
+
+Label modes:
+- ``single-target``: images of the source class(es) -> ``target``; ``source: null``
+  means every class but the target.
+- ``all-to-all``: class i -> (i + 1) mod C.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from ..config import from_dict
+from ..data.base import Dataset
+from ..errors import PoisonlabError
+from ..triggers import Trigger, build_trigger
+from .base import ATTACKS, AttackTestSet, PoisonResult
+
+
+@dataclass
+class BadNetsConfig:
+    """``attack:`` keys of BadNets."""
+
+    name: str = "badnets"
+    p: float = 0.1
+    mode: Literal["add", "replace"] = "add"
+    labels: Literal["single-target", "all-to-all"] = "single-target"
+    target: int = 0
+    source: int | list[int] | None = None
+    trigger: dict[str, Any] = field(default_factory=lambda: {"kind": "pattern"})
+
+
+@ATTACKS.register("badnets")
+class BadNets:
+    """The BadNets training-set poisoning attack (see module docstring).
+
+    >>> attack = BadNets.from_config({"p": 0.5, "target": 1, "trigger": {"kind": "single-pixel"}})
+    >>> ds = Dataset(torch.zeros(4, 1, 5, 5), torch.tensor([0, 0, 2, 2]), ["a", "b", "c"])
+    >>> result = attack.poison(ds, np.random.default_rng(0))
+    >>> len(result.dataset), result.n_poison, result.dataset.y[-2:].tolist()
+    (6, 2, [1, 1])
+    """
+
+    name = "badnets"
+
+    def __init__(self, cfg: BadNetsConfig) -> None:
+        if not 0 < cfg.p <= 1:
+            raise PoisonlabError(f"attack.p must be in (0, 1], got {cfg.p}")
+        self.cfg = cfg
+        self.trigger: Trigger = build_trigger(cfg.trigger)
+
+    @classmethod
+    def from_config(cls, raw: dict[str, Any]) -> "BadNets":
+        return cls(from_dict(BadNetsConfig, dict(raw), "attack"))
+
+    # -- label mapping -------------------------------------------------------------
+    def _sources(self, num_classes: int) -> list[int]:
+        src = self.cfg.source
+        if src is None:
+            return [c for c in range(num_classes) if c != self.cfg.target]
+        return [src] if isinstance(src, int) else list(src)
+
+    def attacker_labels(self, y: torch.Tensor, num_classes: int) -> torch.Tensor:
+        """The label the attacker wants for each true label ``y`` (-1: not attacked)."""
+        if self.cfg.labels == "all-to-all":
+            return (y + 1) % num_classes
+        out = torch.full_like(y, -1)
+        attacked = torch.isin(y, torch.tensor(self._sources(num_classes), dtype=y.dtype))
+        out[attacked] = self.cfg.target
+        return out
+
+    def check(self, data: Dataset) -> None:
+        """Validate class indices and trigger size against the data set."""
+        c = data.num_classes
+        if self.cfg.labels == "single-target":
+            if not 0 <= self.cfg.target < c:
+                raise PoisonlabError(f"attack.target {self.cfg.target} is out of range; the data set has classes 0..{c - 1}")
+            for s in self._sources(c):
+                if not 0 <= s < c:
+                    raise PoisonlabError(f"attack.source {s} is out of range; the data set has classes 0..{c - 1}")
+                if s == self.cfg.target:
+                    raise PoisonlabError(f"attack.source {s} equals the target; pick other source classes")
+        elif self.cfg.source is not None:
+            raise PoisonlabError("attack.source applies to labels 'single-target' only; remove it for 'all-to-all'")
+        if not data.is_image:
+            raise PoisonlabError("BadNets stamps an image trigger; the data set has no images (shape "
+                                 f"{tuple(data.x.shape[1:])})")
+        self.trigger.check_fits(tuple(data.x.shape[1:]))
+
+    # -- poisoning -----------------------------------------------------------------
+    def poison(self, train: Dataset, rng: np.random.Generator) -> PoisonResult:
+        """Add (or substitute) floor(p * |D_train|) triggered, relabelled copies."""
+        self.check(train)
+        wanted = self.attacker_labels(train.y, train.num_classes)
+        candidates = (wanted >= 0).nonzero().flatten().numpy()
+        n = int(np.floor(self.cfg.p * len(train)))
+        if n == 0:
+            raise PoisonlabError(f"attack.p = {self.cfg.p} of {len(train)} training images is 0 poison images; raise p")
+        if n > len(candidates):
+            raise PoisonlabError(
+                f"attack.p = {self.cfg.p} asks for {n} poison images but only {len(candidates)} training images "
+                f"are of the source classes; lower p to at most {len(candidates) / len(train):.4f}"
+            )
+        chosen = torch.from_numpy(np.sort(rng.choice(candidates, size=n, replace=False)))
+        x_poison = self.trigger.apply(train.x[chosen])
+        y_poison = wanted[chosen]
+        if self.cfg.mode == "add":
+            x = torch.cat([train.x, x_poison])
+            y = torch.cat([train.y, y_poison])
+            mask = torch.cat([torch.zeros(len(train), dtype=torch.bool), torch.ones(n, dtype=torch.bool)])
+            source = torch.cat([torch.arange(len(train)), chosen])
+            meta = {k: np.concatenate([v, v[chosen.numpy()]]) for k, v in train.meta.items()}
+        else:
+            x, y = train.x.clone(), train.y.clone()
+            x[chosen], y[chosen] = x_poison, y_poison
+            mask = torch.zeros(len(train), dtype=torch.bool)
+            mask[chosen] = True
+            source = torch.arange(len(train))
+            meta = dict(train.meta)
+        return PoisonResult(Dataset(x, y, list(train.classes), meta), mask, source)
+
+    def evaluation_set(self, test: Dataset) -> AttackTestSet:
+        """Triggered copies of the attacked test images (target-class images excluded)."""
+        wanted = self.attacker_labels(test.y, test.num_classes)
+        keep = (wanted >= 0) & (wanted != test.y)
+        return AttackTestSet(self.trigger.apply(test.x[keep]), wanted[keep], test.y[keep], keep.nonzero().flatten())
+
+    def describe(self) -> dict[str, Any]:
+        c = self.cfg
+        if c.labels == "all-to-all":
+            labels = "all-to-all (i -> i+1 mod C)"
+        else:
+            src = "every class but the target" if c.source is None else f"class(es) {c.source}"
+            labels = f"single-target ({src} -> {c.target})"
+        return {"attack": "badnets", "p": c.p, "mode": c.mode, "labels": labels, "trigger": c.trigger.get("kind")}

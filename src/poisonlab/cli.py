@@ -1,0 +1,181 @@
+"""The ``poisonlab`` command line: run experiments, list data sets and runs, show a run.
+
+Every user error prints one line, ``error: ...``, and exits with status 2.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from . import __version__
+from .errors import PoisonlabError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="poisonlab: training-data poisoning attacks, victims, defenses and measurements.",
+)
+
+RUNS_DIR_HELP = "folder holding run folders and index.sqlite (default: runs, or output.dir of the config)"
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"poisonlab {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="print the version and exit")) -> None:
+    """poisonlab: training-data poisoning attacks, victims, defenses and measurements."""
+
+
+@app.command()
+def run(
+    config: Path = typer.Argument(..., help="experiment YAML file (see examples/)"),
+    set_: List[str] = typer.Option([], "--set", help="override a config key, e.g. --set train.epochs=5 (repeatable)"),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="where data files are (also $POISONLAB_DATA)"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="random seed (overrides the config's)"),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or auto (default: the config's, auto)"),
+    download: bool = typer.Option(False, "--download", help="fetch missing data files (checksums verified)"),
+    output: Optional[Path] = typer.Option(None, "--output", help="runs folder (overrides output.dir)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
+) -> None:
+    """Run an experiment: poison, train the victim and a clean baseline, measure, save a run folder."""
+    from . import progress, report
+    from .config import load_config
+    from .experiment import run_experiment
+
+    overrides = list(set_)
+    if data_dir is not None:
+        overrides.append(f"data.dir={data_dir}")
+    if download:
+        overrides.append("data.download=true")
+    if output is not None:
+        overrides.append(f"output.dir={output}")
+    if device is not None and device not in ("cpu", "cuda", "auto"):
+        raise PoisonlabError(f"--device must be cpu, cuda or auto, got '{device}'")
+    cfg = load_config(config, overrides, seed=seed, device=device)
+    if quiet:
+        progress.set_enabled(False)
+    outcome = run_experiment(cfg)
+    m = outcome.metrics
+    from .experiment import summary_table
+
+    report.print_table(summary_table(m), f"{cfg.name}: summary")
+    report.print_table(outcome.table, f"{cfg.name}: per-class error (seed table)")
+    if "attack" in m:
+        a = m["attack"]
+        typer.echo(f"attack: {a['labels']}, trigger {a['trigger']}, {a['n_poison']} poison images "
+                   f"({a['mode']}), {a['test_triggered']} triggered test images")
+    typer.echo(f"time {m['time']['total_seconds']:.1f}s, peak memory {m['peak_memory_mb']['rss']:.0f} MiB")
+    typer.echo(f"run folder: {outcome.path}")
+
+
+@app.command()
+def datasets(data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="extra folder to search first")) -> None:
+    """List every known data set, the files it expects, where it looks, and whether they are present."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .data import DATASETS
+    from .data.base import search_roots
+
+    table = Table(title="data sets")
+    for col in ("name", "description", "files", "status"):
+        table.add_column(col)
+    for name in DATASETS.names():
+        spec = DATASETS.get(name)
+        ok, where = spec.present(data_dir)
+        status = "embedded" if spec.embedded else (f"[green]present[/] in {where}" if ok else "[red]missing[/]")
+        if not ok and spec.downloadable:
+            status += " (--download)"
+        files = "\n".join(spec.files) if spec.files else "-"
+        table.add_row(name, spec.description, files, status)
+    console = Console()
+    console.print(table)
+    console.print("searched, in order (each with the data set's folder name, e.g. mnist/): "
+                  + ", ".join(str(r) for r in search_roots(data_dir)))
+
+
+@app.command()
+def models() -> None:
+    """List the registered models."""
+    from .models import MODELS
+
+    for name in MODELS.names():
+        typer.echo(f"{name:14s} {MODELS.get(name).description}")
+
+
+@app.command()
+def runs(
+    dir: Path = typer.Option(Path("runs"), "--dir", help=RUNS_DIR_HELP),
+    limit: int = typer.Option(20, "--limit", help="show at most this many runs (newest first)"),
+    as_json: bool = typer.Option(False, "--json", help="print the index rows as JSON"),
+) -> None:
+    """List stored runs: id, date, data set, attack and key metrics."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .report import pct
+    from .store import list_runs
+
+    rows = list_runs(dir)[:limit]
+    if as_json:
+        typer.echo(json.dumps([{k: v for k, v in r.items() if k != "metrics"} for r in rows], indent=2))
+        return
+    if not rows:
+        typer.echo(f"no runs in {dir} (start one with: poisonlab run examples/digits_badnets.yaml)")
+        return
+    table = Table(title=f"runs in {dir}")
+    for col in ("id", "date", "data", "model", "attack", "seed", "baseline acc", "BadNet acc", "attack success", "s"):
+        table.add_column(col)
+    for r in rows:
+        s = r["summary"]
+        table.add_row(r["id"], r["created"], r["dataset"], r["model"], r["attack"], str(r["seed"]),
+                      pct(s.get("baseline_clean_acc")), pct(s.get("badnet_clean_acc")), pct(s.get("attack_success")),
+                      f"{s.get('seconds', 0):.0f}")
+    Console().print(table)
+
+
+@app.command()
+def show(
+    run_id: str = typer.Argument(..., metavar="RUN", help="run id, unique prefix of one, or a run folder"),
+    dir: Path = typer.Option(Path("runs"), "--dir", help=RUNS_DIR_HELP),
+) -> None:
+    """Print a run's tables and where its plots and weights are."""
+    from .store import find_run
+
+    path = find_run(dir, run_id)
+    typer.echo(f"run folder: {path}")
+    for md in sorted((path / "tables").glob("*.md")):
+        typer.echo("")
+        typer.echo(md.read_text().rstrip())
+    metrics = json.loads((path / "metrics.json").read_text())
+    typer.echo("")
+    typer.echo(f"time {metrics['time']['total_seconds']:.1f}s, peak memory {metrics['peak_memory_mb']['rss']:.0f} MiB")
+    plots = sorted(p.name for p in (path / "plots").glob("*.png")) if (path / "plots").is_dir() else []
+    if plots:
+        typer.echo("plots: " + ", ".join(plots))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: one-line errors and exit status 2 for bad input."""
+    try:
+        app(args=argv, prog_name="poisonlab", standalone_mode=True)
+    except PoisonlabError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,243 @@
+"""Config schema: YAML -> typed dataclasses, strictly validated.
+
+Every unknown key, wrong type or malformed file becomes a one-line
+:class:`PoisonlabError` naming the key and what is allowed. ``--set a.b=value``
+overrides are applied to the raw mapping before validation.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from .errors import PoisonlabError, did_you_mean
+from .train import TrainConfig
+
+
+@dataclass
+class DataConfig:
+    """``data:``: which data set, where it lives, how much training data becomes validation."""
+
+    name: str = "digits"
+    dir: str | None = None
+    download: bool = False
+    val_fraction: float = 0.1
+    train_limit: int | None = None
+
+
+@dataclass
+class ModelConfig:
+    """``model:``: a registered network and its options."""
+
+    name: str = "digits-cnn"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OutputConfig:
+    """``output:``: where run folders go and what they keep."""
+
+    dir: str = "runs"
+    save_weights: bool = True
+    plots: bool = True
+    cache_baseline: bool = True
+
+
+@dataclass
+class ExperimentConfig:
+    """A whole experiment: data -> attack -> train (victim and clean baseline) -> metrics."""
+
+    name: str = "experiment"
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    attack: dict[str, Any] | None = None
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def validate(self) -> None:
+        if not 0 <= self.data.val_fraction < 1:
+            raise PoisonlabError(f"data.val_fraction must be in [0, 1), got {self.data.val_fraction}")
+        if self.data.train_limit is not None and self.data.train_limit < 1:
+            raise PoisonlabError(f"data.train_limit must be >= 1, got {self.data.train_limit}")
+        if self.seed < 0:
+            raise PoisonlabError(f"seed must be >= 0, got {self.seed}")
+        self.train.validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(value, arg, where)
+            except PoisonlabError:
+                continue
+        raise PoisonlabError(f"config key '{where}' must be {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise PoisonlabError(
+                f"config key '{where}' must be one of {', '.join(map(str, allowed))}, got {value!r}"
+                + (did_you_mean(str(value), [str(a) for a in allowed]))
+            )
+        return value
+    if tp is type(None):
+        if value is not None:
+            raise PoisonlabError(f"config key '{where}' must be null, got {value!r}")
+        return None
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise PoisonlabError(f"config key '{where}' must be a list, got {value!r}")
+        (inner, *_) = typing.get_args(tp) or (Any,)
+        return [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise PoisonlabError(f"config key '{where}' must be a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise PoisonlabError(f"config key '{where}' must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise PoisonlabError(f"config key '{where}' must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise PoisonlabError(f"config key '{where}' must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise PoisonlabError(f"config key '{where}' must be a string, got {value!r}")
+        return value
+    return value
+
+
+T = typing.TypeVar("T")
+
+
+def from_dict(cls: type[T], data: Any, where: str = "") -> T:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types.
+
+    >>> from_dict(DataConfig, {"name": "mnist"}).name
+    'mnist'
+    """
+    label = where or "config"
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise PoisonlabError(f"'{label}' must be a mapping of keys to values, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            raise PoisonlabError(
+                f"unknown config key '{path}'{did_you_mean(str(key), names)}; allowed under '{label}': {', '.join(names)}"
+            )
+        kwargs[key] = _coerce(value, hints[key], path)
+    return cls(**kwargs)  # type: ignore[call-arg]
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"train.lr=0.01"`` -> (["train", "lr"], 0.01); the value is parsed as YAML."""
+    if "=" not in text:
+        raise PoisonlabError(f"--set needs key=value, got '{text}' (e.g. --set train.epochs=5)")
+    key, raw = text.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise PoisonlabError(f"--set has an empty key in '{text}'")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return parts, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``--set`` overrides to a raw config mapping (returns a new mapping)."""
+    import copy
+
+    out = copy.deepcopy(raw)
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = out
+        for p in parts[:-1]:
+            child = node.get(p)
+            if child is None:
+                child = node[p] = {}
+            if not isinstance(child, dict):
+                raise PoisonlabError(f"--set {text}: '{p}' is not a section")
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file; a missing or malformed file is a one-line error."""
+    p = Path(path)
+    if not p.is_file():
+        raise PoisonlabError(f"config file '{p}' not found; give the path of a YAML file (see examples/)")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise PoisonlabError(f"config file '{p}' is not valid YAML{at}: {problem}") from None
+    except UnicodeDecodeError:
+        raise PoisonlabError(f"config file '{p}' is not UTF-8 text") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise PoisonlabError(f"config file '{p}' must hold a mapping of sections (data:, model:, ...), not {type(raw).__name__}")
+    return raw
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, **top: Any) -> ExperimentConfig:
+    """Read, override and validate an experiment config.
+
+    Keyword arguments (e.g. ``seed=1``, ``device="cpu"``) set top-level keys when not None.
+    """
+    raw = read_yaml(path) if path is not None else {}
+    raw = apply_overrides(raw, overrides or [])
+    for key, value in top.items():
+        if value is not None:
+            raw[key] = value
+    cfg = from_dict(ExperimentConfig, raw)
+    cfg.validate()
+    return cfg
+
+
+def config_hash(cfg: dict[str, Any]) -> str:
+    """A short stable hash of a config mapping (for the run index and the baseline cache)."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:12]

@@ -1,0 +1,270 @@
+"""One experiment, end to end: data -> attack -> train (BadNet and clean baseline) -> metrics -> run folder.
+
+Both models are trained the same way from the same seed on the same clean training
+rows (the validation split is carved first, from clean training data); the BadNet's
+training set additionally holds the attack's poison rows. The clean baseline is cached
+by its config hash so that a grid of attacks trains it once.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+from . import __version__, report
+from .attacks import AttackTestSet, build_attack
+from .config import ExperimentConfig, config_hash
+from .data import load_dataset
+from .data.base import Dataset
+from .data.splits import carve_validation, limit_rows
+from .metrics import accuracy, attack_success_rate, confusion_matrix, mean_class_error, per_class_error
+from .models import build_model, first_conv
+from .resources import peak_cuda_mb, peak_rss_mb, timed
+from .store import RunFolder, index_run, load_weights, open_run, save_weights
+from .train import TrainResult, predict, resolve_device, seed_everything, train_model
+
+
+@dataclass
+class TrainedModel:
+    """A trained network with how it was trained."""
+
+    model: nn.Module
+    result: TrainResult
+    cached: bool = False
+
+
+@dataclass
+class RunOutcome:
+    """What a run produced: its folder, metrics and the seed table."""
+
+    run_id: str
+    path: Path
+    metrics: dict[str, Any]
+    table: list[dict[str, str]]
+    extra_tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+
+def _baseline_key(cfg: ExperimentConfig) -> str:
+    return config_hash({"data": {k: v for k, v in vars(cfg.data).items() if k != "dir"},
+                        "model": vars(cfg.model), "train": vars(cfg.train), "seed": cfg.seed,
+                        "version": __version__})
+
+
+def train_one(cfg: ExperimentConfig, train: Dataset, val: Dataset | None, device: torch.device,
+              desc: str) -> TrainedModel:
+    """Build the configured model from the run's seed and train it on ``train``."""
+    seed_everything(cfg.seed)
+    model = build_model(cfg.model.name, tuple(train.x.shape[1:]), train.num_classes, cfg.model.options)
+    result = train_model(model, train, cfg.train, seed=cfg.seed, device=device, val=val, desc=desc)
+    return TrainedModel(model.cpu(), result)
+
+
+def train_baseline(cfg: ExperimentConfig, train: Dataset, val: Dataset | None, device: torch.device) -> TrainedModel:
+    """The clean baseline, loaded from the cache when an identical one was trained before."""
+    cache = Path(cfg.output.dir) / ".cache"
+    key = _baseline_key(cfg)
+    weights, info = cache / f"baseline-{key}.safetensors", cache / f"baseline-{key}.json"
+    if cfg.output.cache_baseline and weights.is_file() and info.is_file():
+        model = build_model(cfg.model.name, tuple(train.x.shape[1:]), train.num_classes, cfg.model.options)
+        load_weights(model, weights)
+        model.eval()
+        meta = json.loads(info.read_text())
+        return TrainedModel(model, TrainResult(**meta), cached=True)
+    trained = train_one(cfg, train, val, device, "baseline")
+    if cfg.output.cache_baseline:
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = weights.with_suffix(".tmp")
+        save_weights(trained.model, tmp)
+        tmp.rename(weights)
+        info.write_text(json.dumps(vars(trained.result)))
+    return trained
+
+
+def evaluate(model: nn.Module, test: Dataset, attack_set: AttackTestSet | None, cfg: ExperimentConfig,
+             device: torch.device, name: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Clean and backdoor metrics of one model; also returns its predictions."""
+    c = test.num_classes
+    start = time.perf_counter()
+    pred_clean = predict(model, test.x, cfg.train.eval_batch_size, device, desc=f"{name} clean test")
+    out: dict[str, Any] = {
+        "clean_accuracy": accuracy(pred_clean, test.y),
+        "clean_error": 1 - accuracy(pred_clean, test.y),
+        "per_class_clean_error": per_class_error(pred_clean, test.y, test.y, c).tolist(),
+        "confusion_clean": confusion_matrix(pred_clean, test.y, c).tolist(),
+    }
+    preds = {"clean": pred_clean}
+    if attack_set is not None and len(attack_set.x):
+        pred_bd = predict(model, attack_set.x, cfg.train.eval_batch_size, device, desc=f"{name} triggered test")
+        per_class = per_class_error(pred_bd, attack_set.true, attack_set.target, c)
+        out.update({
+            "attack_success_rate": attack_success_rate(pred_bd, attack_set.target),
+            "backdoor_error": 1 - attack_success_rate(pred_bd, attack_set.target),
+            "mean_class_backdoor_error": mean_class_error(per_class),
+            "per_class_backdoor_error": per_class.tolist(),
+            "confusion_triggered": confusion_matrix(pred_bd, attack_set.true, c).tolist(),
+        })
+        preds["triggered"] = pred_bd
+    out["eval_seconds"] = time.perf_counter() - start
+    return out, preds
+
+
+def _model_metrics(trained: TrainedModel, evaluation: dict[str, Any]) -> dict[str, Any]:
+    r = trained.result
+    hist = r.history
+    return {**evaluation, "train_seconds": r.seconds, "train_images_per_second": r.images_per_second,
+            "chosen_epoch": r.chosen_epoch, "from_cache": trained.cached,
+            "val_accuracy": hist[r.chosen_epoch - 1].get("val_acc") if hist and r.chosen_epoch else None,
+            "history": hist}
+
+
+def run_experiment(cfg: ExperimentConfig, quiet: bool = False) -> RunOutcome:
+    """Run one configured experiment and write its run folder and index row.
+
+    >>> from poisonlab.config import load_config
+    >>> cfg = load_config(None, ["train.epochs=1", "output.dir=/tmp/pl-doctest", "output.plots=false",
+    ...                          "attack={name: badnets, p: 0.1}"])
+    >>> run_experiment(cfg, quiet=True).metrics["attack"]["n_poison"]
+    121
+    """
+    times: dict[str, float] = {}
+    start = time.perf_counter()
+    device = resolve_device(cfg.device)
+    attack = build_attack(cfg.attack) if cfg.attack is not None else None
+    with timed(times, "load_seconds"):
+        split = load_dataset(cfg.data.name, cfg.data.dir, cfg.data.download)
+    train_all = limit_rows(split.train, cfg.data.train_limit, cfg.seed)
+    train, val = carve_validation(train_all, cfg.data.val_fraction, cfg.seed)
+    test = split.test
+    poison = None
+    if attack is not None:
+        attack.check(train)
+        poison = attack.poison(train, np.random.default_rng([cfg.seed, 0xBAD]))
+    resolved = cfg.to_dict()
+    chash = config_hash(resolved)
+    with open_run(cfg.output.dir, cfg.name, chash) as folder:
+        baseline = train_baseline(cfg, train, val, device)
+        badnet = train_one(cfg, poison.dataset, val, device, "badnet") if poison is not None else None
+        attack_set = attack.evaluation_set(test) if attack is not None else None
+        base_eval, base_preds = evaluate(baseline.model, test, attack_set, cfg, device, "baseline")
+        metrics: dict[str, Any] = {
+            "name": cfg.name, "version": __version__, "seed": cfg.seed, "device": str(device),
+            "config_hash": chash, "platform": platform.platform(), "torch": torch.__version__,
+            "data": {"name": cfg.data.name, "train": len(train), "validation": len(val) if val else 0,
+                     "test": len(test), "classes": test.num_classes, "shape": list(test.x.shape[1:])},
+            "baseline": _model_metrics(baseline, base_eval),
+        }
+        bad_preds: dict[str, torch.Tensor] = {}
+        if attack is not None and badnet is not None and poison is not None and attack_set is not None:
+            bad_eval, bad_preds = evaluate(badnet.model, test, attack_set, cfg, device, "badnet")
+            metrics["attack"] = {**attack.describe(), "n_poison": poison.n_poison,
+                                 "train_size_poisoned": len(poison.dataset), "test_triggered": len(attack_set.x)}
+            metrics["badnet"] = _model_metrics(badnet, bad_eval)
+            metrics["clean_error_increase"] = bad_eval["clean_error"] - base_eval["clean_error"]
+        times["total_seconds"] = time.perf_counter() - start
+        metrics["time"] = times
+        metrics["peak_memory_mb"] = {"rss": peak_rss_mb(), "cuda": peak_cuda_mb()}
+        table = _write_outputs(folder, cfg, resolved, metrics, test, attack_set, baseline, badnet, bad_preds)
+    index_run(cfg.output.dir, {
+        "id": folder.run_id, "created": time.strftime("%Y-%m-%d %H:%M:%S"), "name": cfg.name,
+        "dataset": cfg.data.name, "model": cfg.model.name, "attack": (cfg.attack or {}).get("name", "none"),
+        "config_hash": chash, "seed": cfg.seed, "version": __version__, "path": str(folder.path.resolve()),
+        "summary": summarize(metrics), "metrics": metrics,
+    })
+    return RunOutcome(folder.run_id, folder.path, metrics, table)
+
+
+def summarize(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The key numbers of a run (for ``poisonlab runs``)."""
+    out = {"baseline_clean_acc": metrics["baseline"]["clean_accuracy"]}
+    if "badnet" in metrics:
+        out.update({"badnet_clean_acc": metrics["badnet"]["clean_accuracy"],
+                    "attack_success": metrics["badnet"].get("attack_success_rate"),
+                    "n_poison": metrics["attack"]["n_poison"]})
+    out["seconds"] = metrics["time"]["total_seconds"]
+    return out
+
+
+def _write_outputs(folder: RunFolder, cfg: ExperimentConfig, resolved: dict[str, Any], metrics: dict[str, Any],
+                   test: Dataset, attack_set: AttackTestSet | None, baseline: TrainedModel,
+                   badnet: TrainedModel | None, bad_preds: dict[str, torch.Tensor]) -> list[dict[str, str]]:
+    folder.write_text("config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+    classes = test.classes
+    nan = np.full(len(classes), np.nan)
+    b, a = metrics["baseline"], metrics.get("badnet")
+    table = report.seed_table(
+        classes, np.array(b["per_class_clean_error"]),
+        np.array(a["per_class_clean_error"]) if a else nan,
+        np.array(a["per_class_backdoor_error"], dtype=float) if a and "per_class_backdoor_error" in a else nan,
+    )
+    folder.write_text("tables/seed_table.md", report.to_markdown(table, f"{cfg.name}: per-class error"))
+    folder.write_text("tables/seed_table.csv", report.to_csv(table))
+    summary = summary_table(metrics)
+    folder.write_text("tables/summary.md", report.to_markdown(summary, f"{cfg.name}: summary"))
+    folder.write_text("tables/summary.csv", report.to_csv(summary))
+    folder.write_json("metrics.json", metrics)
+    if cfg.output.save_weights:
+        save_weights(baseline.model, folder.file("weights", "baseline.safetensors"))
+        if badnet is not None:
+            save_weights(badnet.model, folder.file("weights", "badnet.safetensors"))
+    if cfg.output.plots:
+        _write_plots(folder, metrics, test, attack_set, baseline, badnet, bad_preds)
+    return table
+
+
+def summary_table(metrics: dict[str, Any]) -> list[dict[str, str]]:
+    """One row per model: clean accuracy, attack success, times and poison count."""
+    rows = []
+    for key, label in (("baseline", "clean baseline"), ("badnet", "BadNet")):
+        m = metrics.get(key)
+        if m is None:
+            continue
+        rows.append({"model": label, "clean accuracy": report.pct(m["clean_accuracy"]),
+                     "clean error": report.pct(m["clean_error"]),
+                     "attack success": report.pct(m.get("attack_success_rate")),
+                     "backdoor error": report.pct(m.get("backdoor_error")),
+                     "train s": f"{m['train_seconds']:.1f}" + (" (cached)" if m.get("from_cache") else ""),
+                     "eval s": f"{m['eval_seconds']:.1f}"})
+    return rows
+
+
+def _write_plots(folder: RunFolder, metrics: dict[str, Any], test: Dataset, attack_set: AttackTestSet | None,
+                 baseline: TrainedModel, badnet: TrainedModel | None, bad_preds: dict[str, torch.Tensor]) -> None:
+    classes = test.classes
+    if badnet is not None and attack_set is not None and len(attack_set.x):
+        # one example per attacked class where possible, at most 10
+        picks: list[int] = []
+        for c in range(test.num_classes):
+            hits = (attack_set.true == c).nonzero().flatten()
+            if len(hits):
+                picks.append(int(hits[0]))
+        picks = picks[:10]
+        idx = torch.tensor(picks)
+        clean_idx = attack_set.rows[idx]
+        report.plot_trigger_examples(folder.file("plots", "trigger_examples.png"), test.x[clean_idx],
+                                     attack_set.x[idx], classes, attack_set.true[idx], attack_set.target[idx],
+                                     bad_preds["clean"][clean_idx], bad_preds["triggered"][idx])
+    try:
+        filters = {"clean baseline": first_conv(baseline.model).weight}
+        if badnet is not None:
+            filters["BadNet"] = first_conv(badnet.model).weight
+        report.plot_first_layer_filters(folder.file("plots", "first_layer_filters.png"), filters)
+    except Exception:  # models without convolutions have no filters to show
+        pass
+    mats = {"baseline, clean test": np.array(metrics["baseline"]["confusion_clean"])}
+    if "badnet" in metrics:
+        mats["BadNet, clean test"] = np.array(metrics["badnet"]["confusion_clean"])
+        if "confusion_triggered" in metrics["badnet"]:
+            mats["BadNet, triggered test"] = np.array(metrics["badnet"]["confusion_triggered"])
+    report.plot_confusion(folder.file("plots", "confusion.png"), mats, classes)
+    hists = {"baseline": metrics["baseline"]["history"]}
+    if "badnet" in metrics:
+        hists["BadNet"] = metrics["badnet"]["history"]
+    report.plot_training_curves(folder.file("plots", "training.png"), hists)

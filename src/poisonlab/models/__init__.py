@@ -1,0 +1,84 @@
+"""Models: a registry of network builders and by-name layer access."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import nn
+
+from ..errors import PoisonlabError
+from ..registry import Registry
+from .layers import activations, conv_layers, first_conv, get_layer, layer_names
+from .nets import MLP, BadNetMNIST, DigitsCNN, ResNet18, SmallCNN
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered network: its builder and the input sizes it supports."""
+
+    name: str
+    description: str
+    build: Callable[[tuple[int, ...], int, dict], nn.Module]
+    min_side: int = 1
+
+
+MODELS: Registry[ModelSpec] = Registry("model")
+
+
+def _image_shape(shape: tuple[int, ...], name: str) -> tuple[int, int]:
+    if len(shape) != 3 or shape[1] != shape[2]:
+        raise PoisonlabError(f"model '{name}' needs square images (C,H,W); the data has shape {tuple(shape)}; pick model 'mlp'")
+    return shape[0], shape[1]
+
+
+def _conv_builder(cls: type[nn.Module], name: str, min_side: int) -> Callable[[tuple[int, ...], int, dict], nn.Module]:
+    def build(shape: tuple[int, ...], num_classes: int, options: dict) -> nn.Module:
+        if options:
+            raise PoisonlabError(f"model '{name}' takes no options; remove model.options {sorted(options)}")
+        channels, side = _image_shape(shape, name)
+        if side < min_side:
+            raise PoisonlabError(f"model '{name}' needs images of at least {min_side}x{min_side}; the data is {side}x{side}")
+        return cls(in_channels=channels, num_classes=num_classes, image_size=side)
+
+    return build
+
+
+def _build_mlp(shape: tuple[int, ...], num_classes: int, options: dict) -> nn.Module:
+    unknown = set(options) - {"hidden"}
+    if unknown:
+        raise PoisonlabError(f"model 'mlp' has no option(s) {sorted(unknown)}; allowed: hidden (list of widths)")
+    hidden = options.get("hidden", [256])
+    if isinstance(hidden, int):
+        hidden = [hidden]
+    if not hidden or any(not isinstance(h, int) or h < 1 for h in hidden):
+        raise PoisonlabError(f"model.options.hidden must be a list of positive integers, got {hidden!r}")
+    return MLP(math.prod(shape), num_classes, tuple(hidden))
+
+
+for _spec in (
+    ModelSpec("badnet-mnist", "BadNets MNIST net: conv16@5x5-avgpool-conv32@5x5-avgpool-fc512-fc (Gu et al. 2017)",
+              _conv_builder(BadNetMNIST, "badnet-mnist", 16), 16),
+    ModelSpec("digits-cnn", "small CNN for 8x8 images: conv32@3x3-conv64@3x3-maxpool-fc128-fc",
+              _conv_builder(DigitsCNN, "digits-cnn", 2), 2),
+    ModelSpec("small-cnn", "VGG-style CNN for 32x32 colour images: 6 convs (32-64-128) with BN, fc256",
+              _conv_builder(SmallCNN, "small-cnn", 8), 8),
+    ModelSpec("resnet18", "ResNet-18 for 32x32 inputs (3x3 stem, no max-pool)", _conv_builder(ResNet18, "resnet18", 8), 8),
+    ModelSpec("mlp", "multilayer perceptron on flattened input (options: hidden: [256])", _build_mlp),
+):
+    MODELS.register(_spec.name)(_spec)
+
+
+def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, options: dict | None = None) -> nn.Module:
+    """Build a registered model for inputs of ``input_shape`` (without the batch dim).
+
+    >>> build_model("badnet-mnist", (1, 28, 28), 10).fc2.out_features
+    10
+    """
+    return MODELS.get(name).build(tuple(input_shape), num_classes, dict(options or {}))
+
+
+__all__ = [
+    "MODELS", "ModelSpec", "build_model", "activations", "get_layer", "layer_names", "conv_layers", "first_conv",
+    "BadNetMNIST", "DigitsCNN", "SmallCNN", "ResNet18", "MLP",
+]

@@ -1,0 +1,210 @@
+"""The fast in-memory trainer.
+
+Batches are sliced from tensors held in memory (no per-sample ``Dataset``/``DataLoader``),
+CNN inputs go channels-last, the optimiser is SGD (momentum) or Adam with a cosine, step
+or constant learning-rate schedule. Model selection, if asked for, reads a validation
+split carved from the *training* data (never the test set). Same seed, same weights on CPU.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import progress
+from .data.base import Dataset
+from .errors import PoisonlabError
+
+
+@dataclass
+class TrainConfig:
+    """Training hyperparameters (``train:`` in a config file)."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    step_every: int = 10
+    step_gamma: float = 0.1
+    select: Literal["last", "best-val"] = "last"
+    eval_batch_size: int = 2048
+    channels_last: bool = True
+
+    def validate(self) -> None:
+        checks = [
+            (self.epochs >= 1, f"train.epochs must be >= 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size}"),
+            (self.lr > 0, f"train.lr must be > 0, got {self.lr}"),
+            (0 <= self.momentum < 1, f"train.momentum must be in [0, 1), got {self.momentum}"),
+            (self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay}"),
+            (self.step_every >= 1, f"train.step_every must be >= 1, got {self.step_every}"),
+            (0 < self.step_gamma <= 1, f"train.step_gamma must be in (0, 1], got {self.step_gamma}"),
+            (self.eval_batch_size >= 1, f"train.eval_batch_size must be >= 1, got {self.eval_batch_size}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise PoisonlabError(message)
+
+
+@dataclass
+class TrainResult:
+    """What training did: per-epoch history, the chosen epoch, seconds spent."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    chosen_epoch: int = 0
+    seconds: float = 0.0
+    images_per_second: float = 0.0
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` picks CUDA when present; asking for ``cuda`` without one is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise PoisonlabError("--device cuda asked for but no CUDA GPU is visible; use --device cpu or auto")
+    if device not in ("cpu", "cuda"):
+        raise PoisonlabError(f"unknown device '{device}'; use cpu, cuda or auto")
+    return torch.device(device)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch and numpy so that model initialisation is reproducible."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2**32))
+
+
+def _prepare(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    x = x.to(device, torch.float32)
+    if channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise PoisonlabError("the model has no trainable parameters")
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                           nesterov=cfg.momentum > 0)
+
+
+def _lr_factor(cfg: TrainConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
+    if cfg.schedule == "cosine":
+        return 0.5 * (1.0 + float(np.cos(np.pi * step / max(total_steps, 1))))
+    if cfg.schedule == "step":
+        return cfg.step_gamma ** ((step // steps_per_epoch) // cfg.step_every)
+    return 1.0
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 2048,
+                   device: torch.device | str = "cpu", channels_last: bool = True, desc: str | None = None) -> torch.Tensor:
+    """Logits for every row of ``x`` (eval mode, batched, returned on the CPU)."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    outs = []
+    try:
+        with progress.bar(desc or "evaluate", len(x)) as bar:
+            for start in range(0, len(x), batch_size):
+                xb = _prepare(x[start:start + batch_size], device, channels_last)
+                outs.append(model(xb).float().cpu())
+                bar.advance(len(xb))
+    finally:
+        model.train(was_training)
+    return torch.cat(outs) if outs else torch.empty(0)
+
+
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 2048, device: torch.device | str = "cpu",
+            desc: str | None = None) -> torch.Tensor:
+    """Predicted class of every row of ``x``."""
+    return predict_logits(model, x, batch_size, device, desc=desc).argmax(1)
+
+
+def train_model(model: nn.Module, train: Dataset, cfg: TrainConfig, seed: int = 0,
+                device: torch.device | str = "cpu", val: Dataset | None = None, desc: str = "train") -> TrainResult:
+    """Train ``model`` in place on ``train``; return the history.
+
+    Shuffling uses its own seeded generator, so the same seed gives the same weights.
+    With ``cfg.select == "best-val"`` the weights of the epoch with the best accuracy on
+    ``val`` (a split of the training data) are kept.
+
+    >>> from poisonlab.models import build_model
+    >>> ds = Dataset(torch.rand(64, 4), torch.randint(0, 2, (64,)), ["a", "b"])
+    >>> r = train_model(build_model("mlp", (4,), 2), ds, TrainConfig(epochs=2, batch_size=16))
+    >>> len(r.history)
+    2
+    """
+    cfg.validate()
+    if len(train) == 0:
+        raise PoisonlabError("the training set is empty")
+    if cfg.select == "best-val" and (val is None or len(val) == 0):
+        raise PoisonlabError("train.select 'best-val' needs a validation split; set data.val_fraction > 0")
+    device = torch.device(device)
+    model.to(device)
+    if cfg.channels_last and train.is_image:
+        model.to(memory_format=torch.channels_last)
+    x_all = train.x.to(device) if device.type == "cuda" else train.x
+    y_all = train.y.to(device)
+    gen = torch.Generator().manual_seed(seed)
+    optimizer = _make_optimizer(model, cfg)
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
+    loss_fn = nn.CrossEntropyLoss()
+    n = len(train)
+    steps_per_epoch = (n + cfg.batch_size - 1) // cfg.batch_size
+    total_steps = steps_per_epoch * cfg.epochs
+    result = TrainResult()
+    best_acc, best_state = -1.0, None
+    step = 0
+    start_time = time.perf_counter()
+    model.train()
+    with progress.bar(desc, total_steps * cfg.batch_size if n >= cfg.batch_size else total_steps * n) as bar:
+        for epoch in range(cfg.epochs):
+            perm = torch.randperm(n, generator=gen)
+            if device.type == "cuda":
+                perm = perm.to(device)
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), device=device, dtype=torch.int64)
+            for b in range(steps_per_epoch):
+                idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+                xb = _prepare(x_all[idx], device, cfg.channels_last)
+                yb = y_all[idx]
+                factor = _lr_factor(cfg, step, total_steps, steps_per_epoch)
+                for group, base in zip(optimizer.param_groups, base_lrs):
+                    group["lr"] = base * factor
+                logits = model(xb)
+                loss = loss_fn(logits, yb)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loss_sum += loss.detach() * len(yb)
+                correct += (logits.detach().argmax(1) == yb).sum()
+                step += 1
+                bar.advance(len(yb))
+            record = {"epoch": epoch + 1, "loss": float(loss_sum) / n, "train_acc": float(correct) / n}
+            if val is not None and len(val):
+                preds = predict(model, val.x, cfg.eval_batch_size, device, desc="validate")
+                record["val_acc"] = float((preds == val.y).float().mean())
+                if cfg.select == "best-val" and record["val_acc"] > best_acc:
+                    best_acc, best_state = record["val_acc"], copy.deepcopy(model.state_dict())
+                    result.chosen_epoch = epoch + 1
+            result.history.append(record)
+            bar.describe(f"{desc} ep {epoch + 1}/{cfg.epochs} loss {record['loss']:.3f}")
+    if cfg.select == "best-val" and best_state is not None:
+        model.load_state_dict(best_state)
+    else:
+        result.chosen_epoch = cfg.epochs
+    result.seconds = time.perf_counter() - start_time
+    result.images_per_second = n * cfg.epochs / max(result.seconds, 1e-9)
+    model.eval()
+    return result

@@ -1,0 +1,25 @@
+"""Shared fixtures: progress bars off, deterministic torch, a tiny image data set."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from poisonlab import progress
+from poisonlab.data.base import Dataset
+
+
+@pytest.fixture(autouse=True)
+def _quiet_and_seeded():
+    progress.set_enabled(False)
+    torch.manual_seed(0)
+    yield
+    progress.set_enabled(None)
+
+
+@pytest.fixture
+def tiny_images() -> Dataset:
+    """30 images (1x6x6) of 3 classes: 10 rows each, labels 0,1,2 repeating."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(30, 1, 6, 6, generator=g) * 0.5
+    y = torch.arange(30) % 3
+    return Dataset(x, y, ["zero", "one", "two"])
