@@ -24,6 +24,13 @@ app = typer.Typer(
 RUNS_DIR_HELP = "folder holding run folders and index.sqlite (default: runs, or output.dir of the config)"
 
 
+def _console():
+    """A rich console; wide when output goes to a file or pipe, so tables are not squeezed."""
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=200)
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"poisonlab {__version__}")
@@ -81,7 +88,6 @@ def run(
 @app.command()
 def datasets(data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="extra folder to search first")) -> None:
     """List every known data set, the files it expects, where it looks, and whether they are present."""
-    from rich.console import Console
     from rich.table import Table
 
     from .data import DATASETS
@@ -98,7 +104,7 @@ def datasets(data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="e
             status += " (--download)"
         files = "\n".join(spec.files) if spec.files else "-"
         table.add_row(name, spec.description, files, status)
-    console = Console()
+    console = _console()
     console.print(table)
     console.print("searched, in order (each with the data set's folder name, e.g. mnist/): "
                   + ", ".join(str(r) for r in search_roots(data_dir)))
@@ -120,7 +126,6 @@ def runs(
     as_json: bool = typer.Option(False, "--json", help="print the index rows as JSON"),
 ) -> None:
     """List stored runs: id, date, data set, attack and key metrics."""
-    from rich.console import Console
     from rich.table import Table
 
     from .report import pct
@@ -134,14 +139,15 @@ def runs(
         typer.echo(f"no runs in {dir} (start one with: poisonlab run examples/digits_badnets.yaml)")
         return
     table = Table(title=f"runs in {dir}")
-    for col in ("id", "date", "data", "model", "attack", "seed", "baseline acc", "BadNet acc", "attack success", "s"):
+    table.add_column("id", no_wrap=True)
+    for col in ( "date", "data", "model", "attack", "seed", "baseline acc", "BadNet acc", "attack success", "s"):
         table.add_column(col)
     for r in rows:
         s = r["summary"]
         table.add_row(r["id"], r["created"], r["dataset"], r["model"], r["attack"], str(r["seed"]),
                       pct(s.get("baseline_clean_acc")), pct(s.get("badnet_clean_acc")), pct(s.get("attack_success")),
                       f"{s.get('seconds', 0):.0f}")
-    Console().print(table)
+    _console().print(table)
 
 
 @app.command()

@@ -148,7 +148,7 @@ def run_experiment(cfg: ExperimentConfig, quiet: bool = False) -> RunOutcome:
         attack.check(train)
         poison = attack.poison(train, np.random.default_rng([cfg.seed, 0xBAD]))
     resolved = cfg.to_dict()
-    chash = config_hash(resolved)
+    chash = experiment_hash(resolved)
     with open_run(cfg.output.dir, cfg.name, chash) as folder:
         baseline = train_baseline(cfg, train, val, device)
         badnet = train_one(cfg, poison.dataset, val, device, "badnet") if poison is not None else None
@@ -179,6 +179,13 @@ def run_experiment(cfg: ExperimentConfig, quiet: bool = False) -> RunOutcome:
         "summary": summarize(metrics), "metrics": metrics,
     })
     return RunOutcome(folder.run_id, folder.path, metrics, table)
+
+
+def experiment_hash(resolved: dict[str, Any]) -> str:
+    """Hash of what determines the results: the config less where files are read from and written to."""
+    what = {k: v for k, v in resolved.items() if k != "output"}
+    what["data"] = {k: v for k, v in resolved["data"].items() if k != "dir"}
+    return config_hash(what)
 
 
 def summarize(metrics: dict[str, Any]) -> dict[str, Any]:

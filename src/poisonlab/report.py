@@ -63,6 +63,8 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
 
 def print_table(rows: list[dict[str, Any]], title: str | None = None) -> None:
     """Print a table on the terminal with rich."""
+    import sys
+
     from rich.console import Console
     from rich.table import Table
 
@@ -73,7 +75,7 @@ def print_table(rows: list[dict[str, Any]], title: str | None = None) -> None:
         table.add_column(h, justify="left" if i == 0 else "right")
     for r in rows:
         table.add_row(*[str(v) for v in r.values()], end_section=r is rows[-2] if len(rows) > 1 else False)
-    Console().print(table)
+    (Console() if sys.stdout.isatty() else Console(width=200)).print(table)
 
 
 # -- plots ------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import torch
 
 from ..errors import PoisonlabError
 from .base import DATASETS, Dataset, DataSplit, DatasetSpec
-from .safe_files import download, iter_archive, safe_extract
+from .safe_files import download as fetch_url, iter_archive, safe_extract
 
 FOLDER = "cifar-10-batches-py"
 ARCHIVE = "cifar-10-python.tar.gz"
@@ -194,7 +194,7 @@ def download_cifar10(folder: Path, quiet: bool = False) -> Path:
     """Fetch the official archive into ``folder`` (MD5-checked) and extract it safely; returns the batch folder."""
     archive = folder / ARCHIVE
     if not archive.is_file():
-        download(archive_url(), archive, md5=ARCHIVE_MD5, quiet=quiet)
+        fetch_url(archive_url(), archive, md5=ARCHIVE_MD5, quiet=quiet)
     safe_extract(archive, folder)
     return folder / FOLDER
 

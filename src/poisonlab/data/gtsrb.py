@@ -94,19 +94,24 @@ def member_key(name: str) -> str | None:
 
 @dataclass
 class _Files:
-    """Relevant files gathered from one or more sources: key -> (label for errors, bytes or path)."""
+    """Relevant files gathered from one or more sources.
 
-    entries: dict[str, tuple[str, bytes | Path]] = field(default_factory=dict)
+    ``entries`` maps a key to ``(label, bytes)`` for archive members, or ``(path, None)``
+    for files on disk, read when needed. The first source to provide a key wins.
+    """
+
+    entries: dict[str, tuple[str, bytes | None]] = field(default_factory=dict)
     sources: list[str] = field(default_factory=list)
 
-    def add(self, key: str, label: str, content: bytes | Path) -> None:
+    def add(self, key: str, label: str, content: bytes | None = None) -> None:
         self.entries.setdefault(key, (label, content))
 
     def read(self, key: str) -> tuple[str, bytes]:
         label, content = self.entries[key]
-        if isinstance(content, Path):
+        if content is None:
             try:
-                return label, content.read_bytes()
+                with open(label, "rb") as f:
+                    return label, f.read()
             except OSError as e:
                 raise PoisonlabError(f"GTSRB: cannot read {label}: {e.strerror or e}") from e
         return label, content
@@ -138,18 +143,20 @@ def find_sources(folder: Path) -> list[Path]:
 def _add_tree(files: _Files, root: Path) -> None:
     for top in ("Final_Training", "Final_Test"):
         for dirpath, _, names in os.walk(root / top):
+            rel = os.path.relpath(dirpath, root).replace(os.sep, "/")
             for n in names:
-                path = Path(dirpath) / n
-                key = member_key(path.relative_to(root).as_posix())
+                key = member_key(f"{rel}/{n}")
                 if key is not None:
-                    files.add(key, str(path), path)
+                    files.add(key, os.path.join(dirpath, n))
     if (root / TEST_CSV).is_file():
-        files.add(TEST_CSV, str(root / TEST_CSV), root / TEST_CSV)
+        files.add(TEST_CSV, str(root / TEST_CSV))
 
 
 def _add_archive(files: _Files, archive: Path) -> None:
     for name, data in iter_archive(archive, lambda n: member_key(n) is not None):
-        files.add(member_key(name), f"{archive}:{name}", data)  # type: ignore[arg-type]
+        key = member_key(name)
+        if key is not None:
+            files.add(key, f"{archive}:{name}", data)
 
 
 def _add_source(files: _Files, source: Path) -> None:
@@ -189,6 +196,9 @@ def parse_csv(data: bytes, label: str) -> tuple[list[str], np.ndarray]:
     return names, labels
 
 
+_Index = tuple[list[str], np.ndarray, list[str], np.ndarray]
+
+
 def _train_csvs(files: _Files) -> list[str]:
     return sorted(k for k in files.entries if _TRAIN_CSV.match(k))
 
@@ -197,7 +207,7 @@ def _test_csv(files: _Files) -> str | None:
     return next((k for k in TEST_CSV_KEYS if k in files.entries), None)
 
 
-def _index(files: _Files) -> tuple[list[str], np.ndarray, list[str], np.ndarray]:
+def _index(files: _Files) -> _Index:
     """Image keys and labels of the training and test sets, in CSV order."""
     train_keys: list[str] = []
     train_labels: list[np.ndarray] = []
@@ -218,32 +228,39 @@ def _index(files: _Files) -> tuple[list[str], np.ndarray, list[str], np.ndarray]
     return train_keys, y_train, test_keys, test_labels
 
 
-def _complete(files: _Files) -> bool:
-    if not _train_csvs(files) or _test_csv(files) is None:
-        return False
-    train_keys, _, test_keys, _ = _index(files)
-    return all(k in files.entries for k in train_keys + test_keys)
-
-
-def _check_complete(files: _Files) -> None:
-    where = " + ".join(files.sources)
+def _classes_without_csv(files: _Files) -> list[str]:
+    """Training class folders that hold images but no GT-000NN.csv."""
     class_dirs = {m.group(1) for k in files.entries if (m := _TRAIN_IMG.match(k))}
     csv_dirs = {m.group(1) for k in _train_csvs(files) if (m := _TRAIN_CSV.match(k))}
-    if missing := sorted(class_dirs - csv_dirs):
-        raise PoisonlabError(
+    return sorted(class_dirs - csv_dirs)
+
+
+def _complete_index(files: _Files) -> _Index | None:
+    """The index when the training and test CSVs and every image they list are present, else None."""
+    if not _train_csvs(files) or _test_csv(files) is None or _classes_without_csv(files):
+        return None
+    index = _index(files)
+    return index if all(k in files.entries for k in index[0] + index[2]) else None
+
+
+def _explain_incomplete(files: _Files) -> PoisonlabError:
+    """The one-line error saying what is missing from an incomplete set."""
+    where = " + ".join(files.sources)
+    if missing := _classes_without_csv(files):
+        return PoisonlabError(
             f"GTSRB: Final_Training/Images/{missing[0]}/GT-{missing[0]}.csv is missing in {where}; "
             "use the complete official training set"
         )
-    if not csv_dirs:
-        raise PoisonlabError(f"GTSRB: no Final_Training/Images/000NN/GT-000NN.csv found in {where}; use the official layout")
+    if not _train_csvs(files):
+        return PoisonlabError(f"GTSRB: no Final_Training/Images/000NN/GT-000NN.csv found in {where}; use the official layout")
     if _test_csv(files) is None:
-        raise PoisonlabError(
+        return PoisonlabError(
             f"GTSRB: test labels {TEST_CSV} not found in {where} (looked in Final_Test/ and Final_Test/Images/); "
             "add it from the official GTSRB_Final_Test_GT.zip"
         )
     train_keys, _, test_keys, _ = _index(files)
-    if gone := [k for k in train_keys + test_keys if k not in files.entries]:
-        raise PoisonlabError(f"GTSRB: {gone[0]} is listed in its CSV but missing from {where}; use the complete official set")
+    gone = [k for k in train_keys + test_keys if k not in files.entries] or ["an image"]
+    return PoisonlabError(f"GTSRB: {gone[0]} is listed in its CSV but missing from {where}; use the complete official set")
 
 
 # ---------------------------------------------------------------- images
@@ -255,9 +272,10 @@ def decode_image(data: bytes, label: str) -> np.ndarray:
 
     try:
         with Image.open(io.BytesIO(data)) as im:
-            im = im.convert("RGB")
+            if im.mode != "RGB":
+                im = im.convert("RGB")
             if im.size != (SIDE, SIDE):
-                im = im.resize((SIDE, SIDE), Image.BILINEAR)
+                im = im.resize((SIDE, SIDE), Image.Resampling.BILINEAR)
             return np.asarray(im, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise PoisonlabError(f"GTSRB: cannot decode image {label} ({e}); replace it with the official file") from e
@@ -280,12 +298,15 @@ def load_gtsrb_from(folder: Path) -> DataSplit:
     if not sources:
         raise PoisonlabError(f"GTSRB: no GTSRB folder or GTSRB*.zip/GTSRB*.tar.gz in {folder}")
     files = _Files()
+    index = None
     for source in sources:
         _add_source(files, source)
-        if _complete(files):
+        index = _complete_index(files)
+        if index is not None:
             break
-    _check_complete(files)
-    train_keys, y_train, test_keys, y_test = _index(files)
+    if index is None:
+        raise _explain_incomplete(files)
+    train_keys, y_train, test_keys, y_test = index
     classes = list(CLASSES)
     return DataSplit(
         Dataset(_images(files, train_keys), torch.from_numpy(y_train), classes),

@@ -27,7 +27,7 @@ import torch
 
 from ..errors import PoisonlabError
 from .base import DATASETS, Dataset, DataSplit, DatasetSpec, first_dir_with
-from .safe_files import bytes_md5, download
+from .safe_files import bytes_md5, download as fetch_url
 
 IMAGE_MAGIC = 0x00000803
 LABEL_MAGIC = 0x00000801
@@ -208,7 +208,7 @@ def download_idx(name: str, folder: Path, quiet: bool = False) -> None:
             raw = decompress(tmp.read_bytes(), Path(f"{base}.gz"))
             _check_md5(raw, f"{base}.gz downloaded from {base_url}", spec, base)
 
-        download(f"{base_url}{base}.gz", folder / f"{base}.gz", verify=verify, quiet=quiet)
+        fetch_url(f"{base_url}{base}.gz", folder / f"{base}.gz", verify=verify, quiet=quiet)
 
 
 def load_idx_split(name: str, roots: list[Path], download: bool = False, verify: bool | None = None) -> DataSplit:

@@ -138,6 +138,7 @@ def download(
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
         tmp.unlink(missing_ok=True)
         if isinstance(e, urllib.error.HTTPError):
+            e.close()  # it holds the open response
             reason = f"HTTP {e.code} {e.reason}"
         else:
             reason = getattr(e, "reason", None) or e
@@ -173,8 +174,8 @@ def _unsafe_reason(name: str) -> str | None:
 
 def _refuse(archive: Path, member: str, why: str) -> PoisonlabError:
     return PoisonlabError(
-        f"unsafe archive {archive}: member '{member}' has {why}; refusing to read it "
-        "(use the official archive)"
+        f"unsafe archive {archive}: member '{member}' has {why}; refusing this archive "
+        "(use the official one)"
     )
 
 
