@@ -5,12 +5,8 @@ from .base import DATASETS, Dataset, DataSplit, DatasetSpec, default_data_dir, l
 from . import digits  # noqa: F401  (registers "digits")
 
 # Loaders that register themselves on import; a missing module is a bug, not optional.
-import importlib as _importlib
-
-for _mod in ("idx", "gtsrb", "cifar10"):  # TEMP-GUARD: loaders being written
-    try:
-        _importlib.import_module(f"{__name__}.{_mod}")
-    except ImportError:
-        pass
+from . import idx  # noqa: F401  (registers mnist, fashion-mnist)
+from . import gtsrb  # noqa: F401
+from . import cifar10  # noqa: F401
 
 __all__ = ["DATASETS", "Dataset", "DataSplit", "DatasetSpec", "default_data_dir", "load_dataset", "search_roots"]

@@ -124,16 +124,17 @@ def batch_arrays(batch: dict[str, Any], source: str) -> tuple[np.ndarray, np.nda
             f"{source}: no 'data'/'labels' entries (found {', '.join(sorted(batch))}); not a CIFAR-10 batch"
         )
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != PIXELS:
-        shape = getattr(data, "shape", None)
-        raise PoisonlabError(f"{source}: 'data' must be a uint8 array of shape (N, {PIXELS}), found {shape} {getattr(data, 'dtype', type(data).__name__)}")
+        found = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise PoisonlabError(f"{source}: 'data' must be a uint8 array of shape (N, {PIXELS}), found {found}")
     try:
         y = np.asarray(labels, dtype=np.int64)
     except (TypeError, ValueError) as e:
         raise PoisonlabError(f"{source}: 'labels' is not a list of integers ({e})") from e
     if y.ndim != 1 or len(y) != len(data):
         raise PoisonlabError(f"{source}: {y.size} labels for {len(data)} images")
-    if len(y) and (y.min() < 0 or y.max() >= len(CLASSES)):
-        raise PoisonlabError(f"{source}: label {int(y.max() if y.max() >= len(CLASSES) else y.min())} outside 0..9")
+    bad = y[(y < 0) | (y >= len(CLASSES))]
+    if len(bad):
+        raise PoisonlabError(f"{source}: label {int(bad[0])} outside 0..{len(CLASSES) - 1}; the file is corrupt")
     return data, y
 
 

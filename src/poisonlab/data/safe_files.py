@@ -74,8 +74,12 @@ def check_checksum(path: Path, *, md5: str | None = None, sha256: str | None = N
 
 
 def _progress(total: int, label: str, quiet: bool):
-    """A rich progress bar on a terminal's stderr, or None."""
-    if quiet or not sys.stderr.isatty():
+    """A rich byte-progress bar on stderr, or None when quiet (``--quiet``) or not a terminal."""
+    try:
+        from ..progress import enabled  # honours poisonlab run --quiet
+    except ImportError:
+        enabled = sys.stderr.isatty
+    if quiet or not enabled():
         return None
     try:
         from rich.console import Console
@@ -125,8 +129,11 @@ def download(
     dest = Path(dest)
     if not url.lower().startswith(("http://", "https://")):
         raise PoisonlabError(f"refusing to download '{url}': only http:// and https:// URLs are allowed")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    except OSError as e:
+        raise PoisonlabError(f"cannot write to {dest.parent} ({e.strerror or e}); pick a writable --data-dir") from e
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as out:
@@ -134,6 +141,7 @@ def download(
         check_checksum(tmp, md5=md5, sha256=sha256, label=f"{dest.name} (downloaded from {url})")
         if verify is not None:
             verify(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; data files are world-readable
         os.replace(tmp, dest)
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
         tmp.unlink(missing_ok=True)
