@@ -104,7 +104,7 @@ def plot_trigger_examples(path: Path, clean: torch.Tensor, triggered: torch.Tens
     """Clean test images above their triggered copies, with the BadNet's predictions."""
     plt = _plt()
     n = len(clean)
-    fig, axes = plt.subplots(2, n, figsize=(1.6 * n, 3.6), squeeze=False)
+    fig, axes = plt.subplots(2, n, figsize=(1.5 * n + 0.6, 4.4), squeeze=False)
     for i in range(n):
         _show_image(axes[0, i], clean[i])
         axes[0, i].set_title(f"{classes[int(true[i])]}\n→ {classes[int(pred_clean[i])]}", fontsize=8)
@@ -127,8 +127,8 @@ def plot_first_layer_filters(path: Path, weights: dict[str, torch.Tensor]) -> No
     n_filters = max(w.shape[0] for _, w in panels)
     cols = min(8, n_filters)
     rows = math.ceil(n_filters / cols)
-    fig = plt.figure(figsize=(2.2 * cols * len(panels) / 4 + 1, 2.2 * rows / 1.6 + 0.8))
-    outer = fig.add_gridspec(1, len(panels), wspace=0.15)
+    fig = plt.figure(figsize=(0.6 * cols * len(panels) + 0.6 * (len(panels) - 1) + 0.4, 0.6 * rows + 0.9))
+    outer = fig.add_gridspec(1, len(panels), wspace=0.12)
     for p, (title, w) in enumerate(panels):
         inner = outer[p].subgridspec(rows, cols, wspace=0.08, hspace=0.08)
         w = w.detach().cpu().float()
