@@ -45,7 +45,7 @@ attack: {name: badnets, p: 0.1, target: 0, trigger: {kind: pattern, margin: 0}}
 ])
 def test_bad_input_one_line_error(tmp_path, capsys, edit, message):
     key = edit.split(":")[0]
-    lines = [l for l in (BASE % (tmp_path / "runs")).splitlines() if not l.startswith(key + ":")]
+    lines = [ln for ln in (BASE % (tmp_path / "runs")).splitlines() if not ln.startswith(key + ":")]
     cfg = config(tmp_path, "\n".join(lines) + "\n" + edit + "\n")
     code, out, err = run_cli(["run", str(cfg), "-q"], capsys)
     assert code == 2

@@ -1,22 +1,18 @@
 """CIFAR-10 loader on tiny batches in the official pickle layout, and the restricted unpickler."""
 from __future__ import annotations
 
-import contextlib
-import functools
 import hashlib
 import io
 import os
 import pickle
-import tarfile
 import struct
-import threading
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+import tarfile
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
 import torch
+from local_http import serve
 
 from poisonlab.data import cifar10
 from poisonlab.data.base import DATASETS, load_dataset
@@ -229,23 +225,6 @@ def test_nothing_found_mentions_download(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- download
 
 
-class _QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@contextlib.contextmanager
-def serve(folder: Path) -> Iterator[str]:
-    handler = functools.partial(_QuietHandler, directory=str(folder))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def test_download_verifies_and_extracts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,18 +2,16 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import gzip
 import hashlib
 import struct
-import threading
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import pytest
 import torch
+from local_http import serve
 
 from poisonlab.data import idx
 from poisonlab.data.base import DATASETS, load_dataset
@@ -203,23 +201,10 @@ def test_other_sets_file_is_recognised(tmp_path: Path, monkeypatch: pytest.Monke
 # ---------------------------------------------------------------- download
 
 
-class _QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @contextlib.contextmanager
-def serve(folder: Path) -> Iterator[str]:
-    handler = functools.partial(_QuietHandler, directory=str(folder))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/files"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+def serve_at(folder: Path) -> Iterator[str]:
+    with serve(folder) as base:
+        yield base + "/files"
 
 
 def test_download_from_mirror_verifies_md5(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -227,7 +212,7 @@ def test_download_from_mirror_verifies_md5(tmp_path: Path, monkeypatch: pytest.M
     for role, arr in fixture_arrays().items():
         monkeypatch.setitem(idx.IDX_SETS["mnist"].md5, NAMES[role], hashlib.md5(idx_bytes(arr)).hexdigest())
     data_dir = tmp_path / "data"
-    with serve(tmp_path / "www") as url:
+    with serve_at(tmp_path / "www") as url:
         monkeypatch.setenv("POISONLAB_MIRROR_MNIST", url)  # no trailing slash: added
         split = idx.load_mnist([data_dir / "mnist"], download=True)
     check_fixture(split)
@@ -237,7 +222,7 @@ def test_download_from_mirror_verifies_md5(tmp_path: Path, monkeypatch: pytest.M
 def test_download_with_wrong_md5_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_set(tmp_path / "www" / "files")
     data_dir = tmp_path / "data"
-    with serve(tmp_path / "www") as url:
+    with serve_at(tmp_path / "www") as url:
         monkeypatch.setitem(idx.MIRRORS, "mnist", url + "/")
         with pytest.raises(PoisonlabError, match="MD5 .* expected 6bbc9ace898e44ae57da46a324031adb") as err:
             idx.load_mnist([data_dir / "mnist"], download=True)

@@ -1,5 +1,4 @@
 """End to end on the embedded digits data: the attack works, runs are reproducible, folders complete."""
-import json
 from pathlib import Path
 
 import pytest

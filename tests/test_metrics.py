@@ -4,7 +4,13 @@ import math
 import numpy as np
 import pytest
 
-from poisonlab.metrics import accuracy, attack_success_rate, confusion_matrix, mean_class_error, per_class_error
+from poisonlab.metrics import (
+    accuracy,
+    attack_success_rate,
+    confusion_matrix,
+    mean_class_error,
+    per_class_error,
+)
 
 
 def test_accuracy_by_hand():

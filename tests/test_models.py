@@ -1,16 +1,21 @@
 """Models: the exact BadNets architecture, layer access by name, safetensors round trip."""
 import pytest
 import torch
-from torch import nn
 
 from poisonlab.errors import PoisonlabError
-from poisonlab.models import activations, build_model, conv_layers, first_conv, get_layer
+from poisonlab.models import (
+    activations,
+    build_model,
+    conv_layers,
+    first_conv,
+    get_layer,
+)
 from poisonlab.store import load_weights, save_weights
 
 
 def test_badnet_mnist_architecture_exact():
     m = build_model("badnet-mnist", (1, 28, 28), 10)
-    kinds = [(n, type(l).__name__) for n, l in m.named_children()]
+    kinds = [(n, type(mod).__name__) for n, mod in m.named_children()]
     assert kinds == [("conv1", "Conv2d"), ("relu1", "ReLU"), ("pool1", "AvgPool2d"), ("conv2", "Conv2d"),
                      ("relu2", "ReLU"), ("pool2", "AvgPool2d"), ("flatten", "Flatten"), ("fc1", "Linear"),
                      ("relu3", "ReLU"), ("fc2", "Linear")]
@@ -39,7 +44,7 @@ def test_activations_by_name_match_manual_forward():
     assert torch.allclose(acts["conv2"], c2, atol=1e-6)
     assert acts["fc1"].shape == (5, 512)
     assert [n for n, _ in m.named_modules() if n] == [n for n, _ in m.named_children()]  # no hooks left behind
-    assert not any(l._forward_hooks for l in m.modules())
+    assert not any(mod._forward_hooks for mod in m.modules())
 
 
 def test_unknown_layer_and_model():

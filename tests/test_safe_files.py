@@ -2,18 +2,16 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import io
 import os
 import tarfile
-import threading
 import zipfile
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Iterator
 
 import pytest
+from local_http import serve
 
 from poisonlab.data.safe_files import (
     bytes_md5,
@@ -29,24 +27,10 @@ from poisonlab.errors import PoisonlabError
 PAYLOAD = b"poisonlab test payload\n" * 1000
 
 
-class _QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, *args: object) -> None:  # keep pytest output clean
-        pass
-
-
 @contextlib.contextmanager
-def serve(folder: Path) -> Iterator[str]:
-    """Serve ``folder`` on 127.0.0.1 (free port) in a thread; yields the base URL."""
-    handler = functools.partial(_QuietHandler, directory=str(folder))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+def serve_at(folder: Path) -> Iterator[str]:
+    with serve(folder) as base:
+        yield base + "/"
 
 
 @pytest.fixture
@@ -54,7 +38,7 @@ def served(tmp_path: Path) -> Iterator[str]:
     www = tmp_path / "www"
     www.mkdir()
     (www / "payload.bin").write_bytes(PAYLOAD)
-    with serve(www) as url:
+    with serve_at(www) as url:
         yield url
 
 

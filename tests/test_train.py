@@ -5,7 +5,13 @@ import torch
 from poisonlab.data.base import Dataset
 from poisonlab.errors import PoisonlabError
 from poisonlab.models import build_model
-from poisonlab.train import TrainConfig, predict, resolve_device, seed_everything, train_model
+from poisonlab.train import (
+    TrainConfig,
+    predict,
+    resolve_device,
+    seed_everything,
+    train_model,
+)
 
 
 def blobs(n=200, seed=0):

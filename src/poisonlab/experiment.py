@@ -25,7 +25,13 @@ from .config import ExperimentConfig, config_hash
 from .data import load_dataset
 from .data.base import Dataset
 from .data.splits import carve_validation, limit_rows
-from .metrics import accuracy, attack_success_rate, confusion_matrix, mean_class_error, per_class_error
+from .metrics import (
+    accuracy,
+    attack_success_rate,
+    confusion_matrix,
+    mean_class_error,
+    per_class_error,
+)
 from .models import build_model, first_conv
 from .resources import peak_cuda_mb, peak_rss_mb, timed
 from .store import RunFolder, index_run, load_weights, open_run, save_weights

@@ -4,8 +4,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import PoisonlabError
-from .base import ATTACKS, Attack, AttackTestSet, PoisonResult
 from .badnets import BadNets, BadNetsConfig
+from .base import ATTACKS, Attack, AttackTestSet, PoisonResult
 
 
 def build_attack(raw: dict[str, Any]) -> Attack:

@@ -23,8 +23,9 @@ import numpy as np
 import torch
 
 from ..errors import PoisonlabError
-from .base import DATASETS, Dataset, DataSplit, DatasetSpec
-from .safe_files import download as fetch_url, iter_archive, safe_extract
+from .base import DATASETS, Dataset, DatasetSpec, DataSplit
+from .safe_files import download as fetch_url
+from .safe_files import iter_archive, safe_extract
 
 FOLDER = "cifar-10-batches-py"
 ARCHIVE = "cifar-10-python.tar.gz"

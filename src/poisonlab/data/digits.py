@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .base import DATASETS, Dataset, DataSplit, DatasetSpec
+from .base import DATASETS, Dataset, DatasetSpec, DataSplit
 
 TEST_FRACTION = 0.25
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..errors import PoisonlabError
-from .base import DATASETS, Dataset, DataSplit, DatasetSpec
+from .base import DATASETS, Dataset, DatasetSpec, DataSplit
 from .safe_files import iter_archive
 
 SIDE = 32

@@ -26,8 +26,9 @@ import numpy as np
 import torch
 
 from ..errors import PoisonlabError
-from .base import DATASETS, Dataset, DataSplit, DatasetSpec, first_dir_with
-from .safe_files import bytes_md5, download as fetch_url
+from .base import DATASETS, Dataset, DatasetSpec, DataSplit, first_dir_with
+from .safe_files import bytes_md5
+from .safe_files import download as fetch_url
 
 IMAGE_MAGIC = 0x00000803
 LABEL_MAGIC = 0x00000801

@@ -83,7 +83,13 @@ def _progress(total: int, label: str, quiet: bool):
         return None
     try:
         from rich.console import Console
-        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TransferSpeedColumn,
+        )
     except ImportError:  # rich is a dependency, but a bar is never essential
         return None
     bar = Progress(
