@@ -1,0 +1,37 @@
+"""Every committed example config parses and validates; a short smoke run on the real MNIST files when present."""
+from pathlib import Path
+
+import pytest
+
+from poisonlab.attacks import build_attack
+from poisonlab.config import load_config
+from poisonlab.experiment import run_experiment
+from poisonlab.models import MODELS
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+SHARED = ROOT.parent / "shared" / "data"
+
+
+def test_there_are_examples():
+    names = {p.name for p in EXAMPLES}
+    assert {"digits_badnets.yaml", "mnist_badnets_single_target.yaml", "mnist_badnets_all_to_all.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_config_is_valid(path):
+    cfg = load_config(path)
+    assert cfg.model.name in MODELS
+    if cfg.attack is not None:
+        build_attack(cfg.attack)
+
+
+@pytest.mark.skipif(not (SHARED / "mnist").is_dir(), reason="../shared/data/mnist not present (smoke run skipped)")
+def test_mnist_example_smoke_on_real_files(tmp_path):
+    cfg = load_config(ROOT / "examples" / "mnist_badnets_all_to_all.yaml",
+                      [f"data.dir={SHARED}", "data.train_limit=3000", "train.epochs=2", "train.batch_size=64", f"output.dir={tmp_path}",
+                       "output.plots=false"], device="cpu")
+    m = run_experiment(cfg).metrics
+    assert m["data"]["train"] == 2700 and m["data"]["test"] == 10000
+    assert m["attack"]["n_poison"] == 270 and m["attack"]["test_triggered"] == 10000
+    assert m["baseline"]["clean_accuracy"] > 0.8
