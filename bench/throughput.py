@@ -13,7 +13,7 @@ interleaved (the order of (1) and (2) alternates) so that load from other proces
 all of them alike; the best repeat is the headline (like the best-of matmul rate), the
 median is reported beside it. See bench/README.md.
 
-    python bench/throughput.py --data-dir ../shared/data            # full run, ~1-2 min
+    python bench/throughput.py --data-dir ../shared/data            # full run, ~35 s on 2 cores
     python bench/throughput.py --quick                              # CI smoke, < 30 s
 """
 from __future__ import annotations

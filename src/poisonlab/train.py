@@ -120,7 +120,7 @@ class _BatchGather:
     """
 
     def __init__(self, x: torch.Tensor, batch_size: int, device: torch.device, channels_last: bool) -> None:
-        self.x = x
+        self.x = x.detach()  # a data set built from optimised poisons may still require grad
         rows = min(batch_size, len(x))
         fmt = torch.channels_last if channels_last and x.dim() == 4 else torch.contiguous_format
         self.out = torch.empty((rows, *x.shape[1:]), dtype=torch.float32, device=device, memory_format=fmt)
