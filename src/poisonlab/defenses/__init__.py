@@ -1,0 +1,70 @@
+"""Defenses, registered by name in :data:`DEFENSES`.
+
+Each entry is a :class:`DefenseSpec`: ``spec.from_config(raw)`` turns a ``defense:``
+config section into its validated config, and ``spec.run(model, cfg, val, test_clean,
+attack_set, seed=..., device=...)`` returns a :class:`~poisonlab.defenses.pruning.DefenseOutcome`
+holding a defended *copy* of the model (the suspect model is never modified). Decisions
+(e.g. where pruning stops) read ``val`` only; ``test_clean`` and ``attack_set`` are
+measured for the report.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ..config import from_dict
+from ..registry import Registry
+
+
+@dataclass(frozen=True)
+class DefenseSpec:
+    """A registered defense: its config dataclass and the function that applies it."""
+
+    name: str
+    description: str
+    config: type
+    run: Callable[..., Any]
+
+    def from_config(self, raw: dict[str, Any] | None = None) -> Any:
+        """The validated config of this defense from its ``defense:`` section."""
+        data = dict(raw or {})
+        data.setdefault("name", self.name)
+        cfg = from_dict(self.config, data, "defense")
+        cfg.validate()
+        return cfg
+
+
+DEFENSES: Registry[DefenseSpec] = Registry("defense")
+
+from .pruning import (  # noqa: E402  (the registry exists before defense modules register into it)
+    ChannelMask,
+    DefenseOutcome,
+    FinePruningConfig,
+    PruningResult,
+    activation_point,
+    channel_means,
+    fine_prune,
+    fine_tune,
+    fine_tune_defense,
+    plot_pruning_curve,
+    prune_defense,
+    prune_order,
+    pruning_curve,
+)
+
+for _spec in (
+    DefenseSpec("pruning", "prune dormant conv channels until validation accuracy drops (Liu et al. 2018, 3.1)",
+                FinePruningConfig, prune_defense),
+    DefenseSpec("fine-tuning", "fine-tune on clean validation data (Liu et al. 2018, 3.2 baseline)",
+                FinePruningConfig, fine_tune_defense),
+    DefenseSpec("fine-pruning", "prune dormant channels, then fine-tune (Liu et al. 2018, 3.3)",
+                FinePruningConfig, fine_prune),
+):
+    DEFENSES.register(_spec.name)(_spec)
+
+
+__all__ = [
+    "DEFENSES", "DefenseSpec", "ChannelMask", "DefenseOutcome", "FinePruningConfig", "PruningResult",
+    "activation_point", "channel_means", "prune_order", "pruning_curve", "plot_pruning_curve", "fine_tune",
+    "prune_defense", "fine_tune_defense", "fine_prune",
+]

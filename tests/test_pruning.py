@@ -1,0 +1,303 @@
+"""Fine-Pruning (Liu et al. 2018): exact masks, clean-mean order, the validation-only stop
+rule, fine-tuning with masks in place, the defense registry, and bad-input errors."""
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from poisonlab.attacks import BadNets
+from poisonlab.data.base import Dataset
+from poisonlab.defenses import DEFENSES, ChannelMask, FinePruningConfig, activation_point, fine_prune, fine_tune
+from poisonlab.defenses import pruning
+from poisonlab.defenses.pruning import (
+    channel_means,
+    choose_stop,
+    plot_pruning_curve,
+    prune_order,
+    pruning_curve,
+    resolve_layer,
+    step_sizes,
+)
+from poisonlab.errors import PoisonlabError
+from poisonlab.models import activations, build_model
+from poisonlab.train import TrainConfig, train_model
+
+
+def separable(n: int, seed: int) -> Dataset:
+    """16x16 grey images of 3 classes: class k has a bright block in column band k."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 3
+    x = torch.rand(n, 1, 16, 16, generator=g) * 0.2
+    for k in range(3):
+        x[y == k, :, 5:11, 1 + 5 * k:5 + 5 * k] += 0.8
+    return Dataset(x, y, ["a", "b", "c"])
+
+
+def state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def no_hooks(model: nn.Module) -> bool:
+    return all(not m._forward_hooks for m in model.modules())
+
+
+@pytest.fixture(scope="module")
+def trained() -> tuple[nn.Module, Dataset, Dataset]:
+    """A BadNets MNIST net trained briefly on separable 16x16 data, and a validation set."""
+    torch.manual_seed(0)
+    model = build_model("badnet-mnist", (1, 16, 16), 3)
+    train_model(model, separable(60, 1), TrainConfig(epochs=3, batch_size=16, lr=0.05), seed=0)
+    return model, separable(30, 2), separable(30, 3)
+
+
+# -- the mask ---------------------------------------------------------------------------
+def test_mask_zeroes_pruned_channels_and_changes_nothing_else():
+    model = build_model("badnet-mnist", (1, 16, 16), 3)
+    x = torch.rand(8, 1, 16, 16)
+    before_state, before = state(model), activations(model, x, ["relu2", "fc2"])
+    live = before["relu2"].amax((0, 2, 3)).nonzero().flatten()[:2].tolist()  # channels active before
+    assert len(live) == 2
+    mask = ChannelMask(model, "conv2")
+    mask.prune(live)
+    assert mask.point == "relu2" and mask.pruned == live
+    for mode in (model.train, model.eval):  # survives both modes
+        mode()
+        after = activations(model, x, ["relu2"])["relu2"]
+        assert (after[:, live] == 0).all()
+        keep = [c for c in range(32) if c not in live]
+        assert torch.equal(after[:, keep], before["relu2"][:, keep])
+    assert same_state(before_state, state(model))  # weights bit-identical, no buffers added
+    mask.remove()
+    assert no_hooks(model) and torch.equal(activations(model, x, "fc2")["fc2"], before["fc2"])
+
+
+def test_mask_sits_after_batchnorm_and_relu():
+    torch.manual_seed(1)
+    model = nn.Sequential(OrderedDict(conv=nn.Conv2d(1, 4, 3, bias=False), bn=nn.BatchNorm2d(4), act=nn.ReLU(),
+                                      pool=nn.AdaptiveAvgPool2d(1), flat=nn.Flatten(), fc=nn.Linear(4, 2)))
+    with torch.no_grad():
+        model.bn.bias.fill_(1.0)  # a zero conv output is 1 after BN+ReLU, so masking the conv is not pruning
+    x = torch.rand(6, 1, 5, 5)
+    with ChannelMask(model, "conv") as mask:
+        mask.prune([2])
+        assert mask.point == "act"
+        for mode in (model.train, model.eval):
+            mode()
+            consumed = activations(model, x, "pool")["pool"]  # what the head reads
+            assert (consumed[:, 2] == 0).all() and (consumed[:, [0, 1, 3]] > 0).all()
+    assert no_hooks(model)
+
+
+def test_resnet18_last_block_output_is_the_pruned_tensor():
+    model = build_model("resnet18", (3, 8, 8), 3)
+    assert resolve_layer(model, None) == "layer4.1.conv2"
+    x = torch.rand(2, 3, 8, 8)
+    before = activations(model, x, "layer4.1")["layer4.1"]
+    mask = ChannelMask(model, None)
+    mask.prune([3, 7])
+    assert mask.point == "layer4.1"
+    after = activations(model, x, "layer4.1")["layer4.1"]
+    assert (after[:, [3, 7]] == 0).all()
+    keep = [c for c in range(512) if c not in (3, 7)]
+    assert torch.equal(after[:, keep], before[:, keep])
+
+
+@pytest.mark.parametrize("name, shape, layer, point", [
+    ("badnet-mnist", (1, 16, 16), "conv2", "relu2"),
+    ("badnet-mnist", (1, 16, 16), "conv1", "relu1"),
+    ("small-cnn", (3, 32, 32), "conv6", "relu6"),
+    ("resnet18", (3, 8, 8), "layer4.1.conv2", "layer4.1"),
+    ("resnet18", (3, 8, 8), "layer4.0.conv1", "layer4.0.bn1"),
+    ("resnet18", (3, 8, 8), "conv1", "bn1"),
+])
+def test_activation_point_rule(name, shape, layer, point):
+    assert activation_point(build_model(name, shape, 3), layer) == point
+
+
+def test_deep_copy_keeps_a_frozen_mask_independent_of_the_original():
+    model = build_model("badnet-mnist", (1, 16, 16), 3)
+    mask = ChannelMask(model, "conv2")
+    mask.prune([0])
+    clone = copy.deepcopy(model)
+    mask.remove()
+    x = torch.rand(3, 1, 16, 16)
+    assert (activations(clone, x, "relu2")["relu2"][:, 0] == 0).all()
+    assert no_hooks(model)
+
+
+# -- the order ----------------------------------------------------------------------------
+def test_prune_order_follows_clean_means():
+    model = nn.Sequential(OrderedDict(conv=nn.Conv2d(1, 5, 1), relu=nn.ReLU(), flat=nn.Flatten(),
+                                      fc=nn.Linear(5 * 4, 2)))
+    with torch.no_grad():
+        model.conv.weight.copy_(torch.tensor([1.0, -1.0, 0.5, 0.0, 2.0]).view(5, 1, 1, 1))
+        model.conv.bias.copy_(torch.tensor([0.0, 0.5, 0.1, 0.3, -0.5]))
+    # half the images are all 1, half all 0.5: mean of relu(w*v + b) over N, H, W
+    x = torch.cat([torch.ones(3, 1, 2, 2), torch.full((3, 1, 2, 2), 0.5)])
+    expected = torch.tensor([0.75, 0.0, 0.475, 0.3, 1.0])
+    assert torch.allclose(channel_means(model, "conv", x, batch_size=4), expected)
+    assert prune_order(model, "conv", x, batch_size=4) == [1, 3, 2, 0, 4]
+    # the curve ranks on the validation split it is given
+    val = Dataset(x, torch.zeros(6, dtype=torch.long), ["a", "b"])
+    assert pruning_curve(model, "conv", val).order == [1, 3, 2, 0, 4]
+
+
+def test_shared_module_and_wrong_width_are_refused():
+    resnet = build_model("resnet18", (3, 8, 8), 3)
+    x = torch.rand(2, 3, 8, 8)
+    with pytest.raises(PoisonlabError, match="runs 2 times per forward pass"):
+        prune_order(resnet, "layer4.1.conv2", x, mask_at="layer4.1.relu")
+    net = build_model("badnet-mnist", (1, 16, 16), 3)
+    with pytest.raises(PoisonlabError, match="not 32 channels"):
+        prune_order(net, "conv2", torch.rand(2, 1, 16, 16), mask_at="relu1")
+
+
+# -- the stop rule ---------------------------------------------------------------------
+def test_choose_stop_planted_sequences():
+    # threshold 0.90 - 0.04 = 0.86: 0.86 is kept, 0.859 is the first failure; the later
+    # recovery to 0.87 does not count (prune until the first drop)
+    assert choose_stop([0.90, 0.91, 0.88, 0.86, 0.859, 0.87], 0.90, 0.04) == 3
+    assert choose_stop([0.90, 0.89, 0.88], 0.90, 0.04) == 2  # never fails: prune everything evaluated
+    assert choose_stop([0.90, 0.50], 0.90, 0.04) == 0
+    assert choose_stop([0.90, 0.90, 0.899], 0.90, 0.0) == 1
+    assert step_sizes(5, 1) == [0, 1, 2, 3, 4, 5]
+    assert step_sizes(5, 2) == [0, 2, 4, 5]
+    assert step_sizes(10, 0.25) == [0, 2, 4, 6, 8, 10]
+
+
+def test_stop_rule_reads_validation_accuracy_only(monkeypatch):
+    model = nn.Sequential(OrderedDict(conv=nn.Conv2d(1, 5, 1), relu=nn.ReLU(), flat=nn.Flatten(),
+                                      fc=nn.Linear(5 * 4, 2)))
+    val = Dataset(torch.rand(4, 1, 2, 2), torch.tensor([0, 1, 0, 1]), ["a", "b"])
+    test = Dataset(torch.rand(4, 1, 2, 2), torch.tensor([1, 1, 0, 0]), ["a", "b"])
+    pixel = {"kind": "single-pixel", "margin": 0}
+    attack = BadNets.from_config({"trigger": pixel, "target": 0}).evaluation_set(test)
+    planted = {"val": [0.90, 0.91, 0.88, 0.86, 0.859, 0.87],
+               # a rule reading the test set would stop at 0 pruned (or prune all)
+               "test": [0.90, 0.10, 0.10, 0.10, 0.10, 0.95],
+               "attack": [1.0, 1.0, 1.0, 0.2, 0.1, 0.0]}
+    seen: list[str] = []
+
+    def fake_accuracy(m, x, y, batch_size, device):
+        which = "val" if x is val.x else "test" if x is test.x else "attack" if x is attack.x else "?"
+        seen.append(which)
+        return planted[which][seen.count(which) - 1]
+
+    monkeypatch.setattr(pruning, "_accuracy", fake_accuracy)
+    result = pruning_curve(model, None, val, test, attack, step=1, max_drop=0.04)
+    assert "?" not in seen
+    assert result.n_pruned == 3 and result.base_val_acc == 0.90
+    assert [r["val_acc"] for r in result.rows] == planted["val"]
+    assert [r["clean_acc"] for r in result.rows] == planted["test"]  # recorded, not used
+    assert [r["attack_success"] for r in result.rows] == planted["attack"]
+    assert result.pruned_channels == result.order[:3] and result.chosen_row["val_acc"] == 0.86
+    assert no_hooks(model)  # the sweep's mask is gone; apply() attaches the chosen one
+    mask = result.apply(model)
+    assert mask.pruned == sorted(result.order[:3])
+    mask.remove()
+    # full_curve=False stops evaluating at the first step past the threshold
+    seen.clear()
+    short = pruning_curve(model, None, val, None, None, step=1, max_drop=0.04, full_curve=False)
+    assert len(short.rows) == 5 and short.n_pruned == 3 and set(seen) == {"val"}
+
+
+def test_curve_on_a_trained_model_ignores_the_test_set(trained, tmp_path):
+    model, val, test = trained
+    before = state(model)
+    attack = BadNets.from_config({"target": 0}).evaluation_set(test)
+    result = pruning_curve(model, "conv2", val, test, attack, step=4, max_drop=0.04, batch_size=16)
+    assert [r["n_pruned"] for r in result.rows] == [0, 4, 8, 12, 16, 20, 24, 28, 32]
+    assert result.rows[-1]["fraction_pruned"] == 1.0
+    assert result.n_pruned == result.rows[choose_stop([r["val_acc"] for r in result.rows],
+                                                      result.base_val_acc, 0.04)]["n_pruned"]
+    assert all(r["clean_acc"] is not None and r["attack_success"] is not None for r in result.rows)
+    assert same_state(before, state(model)) and no_hooks(model)
+    shuffled = Dataset(test.x, test.y[torch.randperm(len(test))], test.classes)
+    again = pruning_curve(model, "conv2", val, shuffled, None, step=4, batch_size=16)
+    assert again.n_pruned == result.n_pruned and again.order == result.order
+    result.write_csv(tmp_path / "curve.csv")
+    lines = (tmp_path / "curve.csv").read_text().splitlines()
+    assert lines[0] == "n_pruned,fraction_pruned,val_acc,clean_acc,attack_success" and len(lines) == 10
+    plot_pruning_curve(tmp_path / "curve.png", result)
+    assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# -- fine-tuning and the defenses --------------------------------------------------------
+def test_fine_tuning_keeps_pruned_channels_at_zero(trained):
+    model = copy.deepcopy(trained[0])
+    val = trained[1]
+    before = state(model)
+    mask = ChannelMask(model, "conv2")
+    mask.prune([0, 2, 9])
+    fine_tune(model, val, TrainConfig(epochs=2, batch_size=8, lr=0.05), seed=0)
+    after = state(model)
+    assert not torch.equal(before["fc1.weight"], after["fc1.weight"])  # it did train
+    kept = [c for c in range(32) if c not in (0, 2, 9)]
+    assert not torch.equal(before["conv2.weight"][kept], after["conv2.weight"][kept])
+    # a pruned channel passes no gradient: its filter is bit-identical, its output zero
+    assert torch.equal(before["conv2.weight"][[0, 2, 9]], after["conv2.weight"][[0, 2, 9]])
+    model.train()
+    assert (activations(model, val.x, "relu2")["relu2"][:, [0, 2, 9]] == 0).all()
+
+
+def test_fine_prune_returns_a_defended_copy(trained):
+    model, val, test = trained
+    before = state(model)
+    cfg = DEFENSES.get("fine-pruning").from_config({"step": 8, "fine_tune_epochs": 1, "batch_size": 16,
+                                                     "layer": "conv2"})
+    out = fine_prune(model, cfg, val, test, None, seed=0)
+    assert same_state(before, state(model)) and no_hooks(model)
+    assert out.model is not model and out.mask is not None and out.mask.pruned == sorted(out.curve.pruned_channels)
+    assert len(out.fine_tune.history) == 1 and out.summary()["n_pruned"] == out.curve.n_pruned
+    if out.curve.n_pruned:
+        pruned = out.curve.pruned_channels
+        assert (activations(out.model, val.x, "relu2")["relu2"][:, pruned] == 0).all()
+    ft = DEFENSES.get("fine-tuning").run(model, cfg, val, seed=0)
+    assert ft.curve is None and ft.mask is None and len(ft.fine_tune.history) == 1
+    assert DEFENSES.names() == ["fine-pruning", "fine-tuning", "pruning"]
+
+
+# -- bad inputs --------------------------------------------------------------------------
+@pytest.mark.parametrize("kwargs, message", [
+    ({"layer": "conv9"}, "no layer 'conv9'"),
+    ({"layer": "fc1"}, "'fc1' is a Linear, not a Conv2d"),
+    ({"max_drop": 1.0}, r"max_drop must be in \[0, 1\)"),
+    ({"max_drop": -0.1}, r"max_drop must be in \[0, 1\)"),
+    ({"step": 0}, "step must be >= 1"),
+    ({"step": 1.5}, r"step as a fraction of the layer must be in \(0, 1\]"),
+    ({"mask_at": "nope"}, "no layer 'nope'"),
+])
+def test_bad_inputs_are_one_line_errors(kwargs, message):
+    model = build_model("badnet-mnist", (1, 16, 16), 3)
+    with pytest.raises(PoisonlabError, match=message) as err:
+        FinePruningConfig(**kwargs).validate(model)
+    assert "\n" not in str(err.value)
+
+
+def test_bad_inputs_to_the_functions():
+    net = build_model("badnet-mnist", (1, 16, 16), 3)
+    val = separable(6, 0)
+    with pytest.raises(PoisonlabError, match="not a Conv2d"):
+        pruning_curve(net, "fc2", val)
+    with pytest.raises(PoisonlabError, match=r"max_drop must be in \[0, 1\)"):
+        pruning_curve(net, "conv2", val, max_drop=1.5)
+    with pytest.raises(PoisonlabError, match="no Conv2d layer"):
+        ChannelMask(build_model("mlp", (4,), 2), None)
+    with pytest.raises(PoisonlabError, match="channels 0..31"):
+        ChannelMask(net, "conv2").prune([32])
+    with pytest.raises(PoisonlabError, match="unknown config key 'defense.epochs'"):
+        DEFENSES.get("pruning").from_config({"epochs": 3})
+    with pytest.raises(PoisonlabError, match="unknown defense"):
+        DEFENSES.get("neural-cleanse")
+    with pytest.raises(PoisonlabError, match="validation split"):
+        pruning_curve(net, "conv2", Dataset(torch.zeros(0, 1, 16, 16), torch.zeros(0), ["a"]))
+    assert np.isfinite(pruning_curve(net, "conv2", val, step=32).base_val_acc)
