@@ -77,12 +77,6 @@ def _under(name: str, prefixes: list[str]) -> bool:
     return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
-def feature_layers(model: nn.Module) -> list[str]:
-    """Names of every sub-module outside the head (the feature extractor), nested ones included."""
-    head = head_layers(model)
-    return [n for n, _ in model.named_modules() if n and not _under(n, head)]
-
-
 def _frozen_train(self: nn.Module, mode: bool = True) -> nn.Module:
     """``train()`` of a frozen batch-norm layer: always eval mode (running stats used, never updated)."""
     return nn.Module.train(self, False)

@@ -23,9 +23,10 @@ for first-layer filter pictures; :func:`plot_backdoor_neurons` draws the channel
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -233,6 +234,7 @@ def plot_backdoor_neurons(path: Path | str, stats: ChannelStats, flagged: list[i
     ax1.set_xlabel("channel")
     ax1.set_ylabel("mean activation")
     ax1.legend(fontsize=8)
+    ax1.margins(y=0.12)
     _label_flagged(ax1, flagged, channels + width / 2, stats.triggered_mean)
     ax2.scatter(stats.clean_mean, stats.triggered_mean, s=12, c=colors)
     hi = float(max(stats.clean_mean.max(), stats.triggered_mean.max(), 1e-12))

@@ -10,16 +10,16 @@ Sweden), with "other" standing for the information category:
 * ``prohibitory`` (13 classes): speed limits 0-5, 7, 8; no passing 9, 10; no vehicles 15;
   no vehicles over 3.5 t 16; no entry 17. GTSRB's *detection* benchmark groups signs by
   shape and colour and puts "No entry" (red disc, white bar) in "other"; by meaning it is
-  a prohibition (Swedish sign C2, a C = prohibitory sign), so it is prohibitory here.
+  a prohibition (in Sweden a C sign, the prohibitory category), so it is prohibitory here.
 * ``warning`` (15 classes): 11 (right-of-way at the next intersection, a triangular
   warning sign) and 18-31 (general caution ... wild animals crossing).
 * ``mandatory`` (8 classes): 33-40 (turn right/left ahead, ahead only, go straight or
   right/left, keep right/left, roundabout).
 * ``other`` (7 classes), i.e. information and everything else:
   - 12 priority road, 13 yield (give way), 14 stop: in the Swedish system these are
-    priority signs (B4, B1, B2: "väjningspliktsmärken"), a category of their own that is
-    neither prohibitory nor warning; the seed's four categories have no priority group,
-    so they fall under information/other. (Stop is thus *not* prohibitory here.)
+    priority signs (the B signs), a category of their own that is neither prohibitory
+    nor warning; the seed's four categories have no priority group, so they fall under
+    information/other. (Stop is thus *not* prohibitory here.)
   - 6, 32, 41, 42: the "end of ..." signs lift a restriction rather than impose one.
 
 Use :func:`disjoint_split` to carve the teacher's (U.S.-analogue, 43 classes) and the
@@ -111,7 +111,7 @@ def disjoint_split_indices(train: Dataset, teacher_fraction: float, seed: int) -
     teacher: list[np.ndarray] = []
     for c in np.unique(strata):
         rows = np.flatnonzero(strata == c)
-        take = int(math.floor(teacher_fraction * len(rows) + 0.5))
+        take = math.floor(teacher_fraction * len(rows) + 0.5)
         teacher.append(rng.permutation(rows)[:take])
     t_idx = np.sort(np.concatenate(teacher)) if teacher else np.zeros(0, np.int64)
     s_idx = np.setdiff1d(np.arange(len(train)), t_idx)
