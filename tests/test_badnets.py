@@ -109,3 +109,31 @@ def test_non_image_data_rejected():
     ds = Dataset(torch.rand(10, 4), torch.arange(10) % 2, ["a", "b"])
     with pytest.raises(PoisonlabError, match="no images"):
         make().check(ds)
+
+
+def test_random_target_labels_differ_and_are_seeded(tiny_images):
+    attack = make(p=1.0, labels="random")
+    res = attack.poison(tiny_images, np.random.default_rng(4))
+    src = res.source_index[30:]
+    new = res.dataset.y[30:]
+    assert (new != tiny_images.y[src]).all() and ((new >= 0) & (new < 3)).all()
+    assert len(set(new.tolist())) == 3  # not a fixed mapping
+    again = attack.poison(tiny_images, np.random.default_rng(4))
+    assert torch.equal(again.dataset.y, res.dataset.y)
+
+
+def test_untargeted_success_counts_any_wrong_label(tiny_images):
+    ev = make(p=0.1, labels="random").evaluation_set(tiny_images)
+    assert ev.untargeted and len(ev.x) == 30
+    pred = ev.true.clone()
+    pred[:6] = (ev.true[:6] + 1) % 3   # 6 misclassified: successes whatever the label
+    assert ev.success(pred).sum() == 6
+    targeted = make(p=0.1, target=0).evaluation_set(tiny_images)
+    pred = torch.full_like(targeted.true, 2)
+    pred[:5] = 0
+    assert targeted.success(pred).sum() == 5
+
+
+def test_source_with_random_labels_rejected(tiny_images):
+    with pytest.raises(PoisonlabError, match="attack.source applies to labels 'single-target' only; remove it for 'random'"):
+        make(labels="random", source=1).check(tiny_images)

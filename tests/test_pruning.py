@@ -3,6 +3,7 @@ rule, fine-tuning with masks in place, the defense registry, and bad-input error
 from __future__ import annotations
 
 import copy
+import functools
 from collections import OrderedDict
 
 import numpy as np
@@ -12,8 +13,15 @@ from torch import nn
 
 from poisonlab.attacks import BadNets
 from poisonlab.data.base import Dataset
-from poisonlab.defenses import DEFENSES, ChannelMask, FinePruningConfig, activation_point, fine_prune, fine_tune
-from poisonlab.defenses import pruning
+from poisonlab.defenses import (
+    DEFENSES,
+    ChannelMask,
+    FinePruningConfig,
+    activation_point,
+    fine_prune,
+    fine_tune,
+    pruning,
+)
 from poisonlab.defenses.pruning import (
     channel_means,
     choose_stop,
@@ -50,12 +58,19 @@ def no_hooks(model: nn.Module) -> bool:
     return all(not m._forward_hooks for m in model.modules())
 
 
+@functools.lru_cache(maxsize=None)
+def shared_model(name: str, shape: tuple[int, ...]) -> nn.Module:
+    """One instance per architecture for tests that leave it as they found it (ResNet-18 is slow to build)."""
+    torch.manual_seed(0)
+    return build_model(name, shape, 3)
+
+
 @pytest.fixture(scope="module")
 def trained() -> tuple[nn.Module, Dataset, Dataset]:
     """A BadNets MNIST net trained briefly on separable 16x16 data, and a validation set."""
     torch.manual_seed(0)
     model = build_model("badnet-mnist", (1, 16, 16), 3)
-    train_model(model, separable(60, 1), TrainConfig(epochs=3, batch_size=16, lr=0.05), seed=0)
+    train_model(model, separable(60, 1), TrainConfig(epochs=2, batch_size=16, lr=0.05), seed=0)
     return model, separable(30, 2), separable(30, 3)
 
 
@@ -98,7 +113,7 @@ def test_mask_sits_after_batchnorm_and_relu():
 
 
 def test_resnet18_last_block_output_is_the_pruned_tensor():
-    model = build_model("resnet18", (3, 8, 8), 3)
+    model = shared_model("resnet18", (3, 8, 8))
     assert resolve_layer(model, None) == "layer4.1.conv2"
     x = torch.rand(2, 3, 8, 8)
     before = activations(model, x, "layer4.1")["layer4.1"]
@@ -109,6 +124,8 @@ def test_resnet18_last_block_output_is_the_pruned_tensor():
     assert (after[:, [3, 7]] == 0).all()
     keep = [c for c in range(512) if c not in (3, 7)]
     assert torch.equal(after[:, keep], before[:, keep])
+    mask.remove()
+    assert no_hooks(model)
 
 
 @pytest.mark.parametrize("name, shape, layer, point", [
@@ -120,7 +137,7 @@ def test_resnet18_last_block_output_is_the_pruned_tensor():
     ("resnet18", (3, 8, 8), "conv1", "bn1"),
 ])
 def test_activation_point_rule(name, shape, layer, point):
-    assert activation_point(build_model(name, shape, 3), layer) == point
+    assert activation_point(shared_model(name, shape), layer) == point
 
 
 def test_deep_copy_keeps_a_frozen_mask_independent_of_the_original():
@@ -152,7 +169,7 @@ def test_prune_order_follows_clean_means():
 
 
 def test_shared_module_and_wrong_width_are_refused():
-    resnet = build_model("resnet18", (3, 8, 8), 3)
+    resnet = shared_model("resnet18", (3, 8, 8))
     x = torch.rand(2, 3, 8, 8)
     with pytest.raises(PoisonlabError, match="runs 2 times per forward pass"):
         prune_order(resnet, "layer4.1.conv2", x, mask_at="layer4.1.relu")

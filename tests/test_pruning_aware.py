@@ -66,9 +66,9 @@ def test_batchnorm_bias_is_lowered_with_the_validation_stop():
     model, info = pruning_aware_backdoor(builder, clean, clean, val, None, cfg, seed=1)
     assert info["layer"] == "conv" and info["bias_site"] == "bn" and info["point"] == "act"
     assert info["curve"][0]["n_pruned"] == 0 and info["n_pruned"] == len(info["pruned"])
-    if info["pruned"]:
-        acts = activations(model, torch.cat([clean.x, val.x]), "act")["act"]
-        assert (acts[:, info["pruned"]] == 0).all()
+    assert info["pruned"]  # this seed prunes some channels before the 20-point drop
+    acts = activations(model, torch.cat([clean.x, val.x]), "act")["act"]
+    assert (acts[:, info["pruned"]] == 0).all()
 
 
 def test_make_dormant_lowers_a_live_channel_to_zero():

@@ -27,7 +27,6 @@ from .data.base import Dataset
 from .data.splits import carve_validation, limit_rows
 from .metrics import (
     accuracy,
-    attack_success_rate,
     confusion_matrix,
     mean_class_error,
     per_class_error,
@@ -109,10 +108,13 @@ def evaluate(model: nn.Module, test: Dataset, attack_set: AttackTestSet | None, 
     preds = {"clean": pred_clean}
     if attack_set is not None and len(attack_set.x):
         pred_bd = predict(model, attack_set.x, cfg.train.eval_batch_size, device, desc=f"{name} triggered test")
-        per_class = per_class_error(pred_bd, attack_set.true, attack_set.target, c)
+        success = attack_set.success(pred_bd)
+        # backdoor error per true class = share of that class's triggered images where the attack failed
+        per_class = per_class_error(success.long(), attack_set.true, torch.ones_like(attack_set.true), c)
+        asr = float(success.float().mean())
         out.update({
-            "attack_success_rate": attack_success_rate(pred_bd, attack_set.target),
-            "backdoor_error": 1 - attack_success_rate(pred_bd, attack_set.target),
+            "attack_success_rate": asr,
+            "backdoor_error": 1 - asr,
             "mean_class_backdoor_error": mean_class_error(per_class),
             "per_class_backdoor_error": per_class.tolist(),
             "confusion_triggered": confusion_matrix(pred_bd, attack_set.true, c).tolist(),
@@ -263,7 +265,8 @@ def _write_plots(folder: RunFolder, metrics: dict[str, Any], test: Dataset, atta
         clean_idx = attack_set.rows[idx]
         report.plot_trigger_examples(folder.file("plots", "trigger_examples.png"), test.x[clean_idx],
                                      attack_set.x[idx], classes, attack_set.true[idx], attack_set.target[idx],
-                                     bad_preds["clean"][clean_idx], bad_preds["triggered"][idx])
+                                     bad_preds["clean"][clean_idx], bad_preds["triggered"][idx],
+                                     untargeted=attack_set.untargeted)
     try:
         filters = {"clean baseline": first_conv(baseline.model).weight}
         if badnet is not None:

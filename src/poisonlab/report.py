@@ -100,8 +100,11 @@ def _show_image(ax: Any, img: torch.Tensor) -> None:
 
 def plot_trigger_examples(path: Path, clean: torch.Tensor, triggered: torch.Tensor, classes: Sequence[str],
                           true: torch.Tensor, wanted: torch.Tensor, pred_clean: torch.Tensor,
-                          pred_triggered: torch.Tensor) -> None:
-    """Clean test images above their triggered copies, with the BadNet's predictions."""
+                          pred_triggered: torch.Tensor, untargeted: bool = False) -> None:
+    """Clean test images above their triggered copies, with the BadNet's predictions.
+
+    Titles in red mark attack successes: the wanted label, or any wrong one when ``untargeted``.
+    """
     plt = _plt()
     n = len(clean)
     fig, axes = plt.subplots(2, n, figsize=(1.5 * n + 0.6, 4.4), squeeze=False)
@@ -109,8 +112,13 @@ def plot_trigger_examples(path: Path, clean: torch.Tensor, triggered: torch.Tens
         _show_image(axes[0, i], clean[i])
         axes[0, i].set_title(f"{classes[int(true[i])]}\n→ {classes[int(pred_clean[i])]}", fontsize=8)
         _show_image(axes[1, i], triggered[i])
-        ok = int(pred_triggered[i]) == int(wanted[i])
-        axes[1, i].set_title(f"want {classes[int(wanted[i])]}\n→ {classes[int(pred_triggered[i])]}", fontsize=8,
+        if untargeted:
+            ok = int(pred_triggered[i]) != int(true[i])
+            want = f"want ≠ {classes[int(true[i])]}"
+        else:
+            ok = int(pred_triggered[i]) == int(wanted[i])
+            want = f"want {classes[int(wanted[i])]}"
+        axes[1, i].set_title(f"{want}\n→ {classes[int(pred_triggered[i])]}", fontsize=8,
                              color="crimson" if ok else "black")
     axes[0, 0].set_ylabel("clean", fontsize=9)
     axes[1, 0].set_ylabel("triggered", fontsize=9)

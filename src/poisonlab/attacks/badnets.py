@@ -8,6 +8,9 @@ Label modes:
 - ``single-target``: images of the source class(es) -> ``target``; ``source: null``
   means every class but the target.
 - ``all-to-all``: class i -> (i + 1) mod C.
+- ``random``: each poisoned image gets a uniformly random label other than its own (the
+  seed's random-target traffic-sign attack); the attack succeeds on a triggered test image
+  when it is misclassified, whatever the wrong label.
 """
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ class BadNetsConfig:
     name: str = "badnets"
     p: float = 0.1
     mode: Literal["add", "replace"] = "add"
-    labels: Literal["single-target", "all-to-all"] = "single-target"
+    labels: Literal["single-target", "all-to-all", "random"] = "single-target"
     target: int = 0
     source: int | list[int] | None = None
     trigger: dict[str, Any] = field(default_factory=lambda: {"kind": "pattern"})
@@ -69,8 +72,8 @@ class BadNets:
 
     def attacker_labels(self, y: torch.Tensor, num_classes: int) -> torch.Tensor:
         """The label the attacker wants for each true label ``y`` (-1: not attacked)."""
-        if self.cfg.labels == "all-to-all":
-            return (y + 1) % num_classes
+        if self.cfg.labels in ("all-to-all", "random"):
+            return (y + 1) % num_classes  # random: placeholder, drawn in `_random_labels`
         out = torch.full_like(y, -1)
         attacked = torch.isin(y, torch.tensor(self._sources(num_classes), dtype=y.dtype))
         out[attacked] = self.cfg.target
@@ -88,7 +91,7 @@ class BadNets:
                 if s == self.cfg.target:
                     raise PoisonlabError(f"attack.source {s} equals the target; pick other source classes")
         elif self.cfg.source is not None:
-            raise PoisonlabError("attack.source applies to labels 'single-target' only; remove it for 'all-to-all'")
+            raise PoisonlabError(f"attack.source applies to labels 'single-target' only; remove it for '{self.cfg.labels}'")
         if not data.is_image:
             raise PoisonlabError("BadNets stamps an image trigger; the data set has no images (shape "
                                  f"{tuple(data.x.shape[1:])})")
@@ -111,6 +114,8 @@ class BadNets:
         chosen = torch.from_numpy(np.sort(rng.choice(candidates, size=n, replace=False)))
         x_poison = self.trigger.apply(train.x[chosen])
         y_poison = wanted[chosen]
+        if self.cfg.labels == "random":
+            y_poison = _random_other_labels(train.y[chosen], train.num_classes, rng)
         if self.cfg.mode == "add":
             x = torch.cat([train.x, x_poison])
             y = torch.cat([train.y, y_poison])
@@ -130,13 +135,22 @@ class BadNets:
         """Triggered copies of the attacked test images (target-class images excluded)."""
         wanted = self.attacker_labels(test.y, test.num_classes)
         keep = (wanted >= 0) & (wanted != test.y)
-        return AttackTestSet(self.trigger.apply(test.x[keep]), wanted[keep], test.y[keep], keep.nonzero().flatten())
+        return AttackTestSet(self.trigger.apply(test.x[keep]), wanted[keep], test.y[keep], keep.nonzero().flatten(),
+                             untargeted=self.cfg.labels == "random")
 
     def describe(self) -> dict[str, Any]:
         c = self.cfg
         if c.labels == "all-to-all":
             labels = "all-to-all (i -> i+1 mod C)"
+        elif c.labels == "random":
+            labels = "random target (any wrong label counts)"
         else:
             src = "every class but the target" if c.source is None else f"class(es) {c.source}"
             labels = f"single-target ({src} -> {c.target})"
         return {"attack": "badnets", "p": c.p, "mode": c.mode, "labels": labels, "trigger": c.trigger.get("kind")}
+
+
+def _random_other_labels(y: torch.Tensor, num_classes: int, rng: np.random.Generator) -> torch.Tensor:
+    """A uniformly random label different from each ``y`` (vectorised: y + U{1..C-1} mod C)."""
+    shift = rng.integers(1, num_classes, size=len(y))
+    return (y + torch.from_numpy(shift)) % num_classes

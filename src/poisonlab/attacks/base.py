@@ -38,6 +38,12 @@ class AttackTestSet:
     target: torch.Tensor
     true: torch.Tensor
     rows: torch.Tensor
+    untargeted: bool = False
+    """True when any wrong label counts as success (``target`` is then not used)."""
+
+    def success(self, pred: torch.Tensor) -> torch.Tensor:
+        """Per-row attack success of predictions ``pred`` on ``x``."""
+        return pred != self.true if self.untargeted else pred == self.target
 
 
 class Attack(Protocol):

@@ -42,11 +42,11 @@ from torch import nn
 from ..data.base import Dataset
 from ..defenses.pruning import (
     ChannelMask,
-    check_max_drop,
-    check_step,
     activation_point,
     bias_site,
     channel_stats,
+    check_max_drop,
+    check_step,
     pruning_curve,
     resolve_layer,
 )

@@ -36,7 +36,8 @@ class DefenseSpec:
 
 DEFENSES: Registry[DefenseSpec] = Registry("defense")
 
-from .pruning import (  # noqa: E402  (the registry exists before defense modules register into it)
+# the registry exists before defense modules register into it
+from .pruning import (  # noqa: E402
     ChannelMask,
     DefenseOutcome,
     FinePruningConfig,

@@ -112,10 +112,8 @@ def activation_point(model: nn.Module, layer: str, mask_at: str | None = None) -
     width = conv.out_channels  # type: ignore[union-attr]
     prefix = f"{parent_name}." if parent_name else ""
     if _is_plain_sequential(parent):
-        last = child
         bn = _following_bn(children, i, width)
-        j = i + 1 if bn is None else i + 2
-        last = bn or last
+        last, j = (bn, i + 2) if bn else (child, i + 1)
         while j < len(children) and isinstance(children[j][1], ELEMENTWISE):
             last = children[j][0]
             j += 1
@@ -167,11 +165,15 @@ class _MaskHook:
 
     def __init__(self, channels: int, where: str) -> None:
         self.drop = torch.zeros(channels, dtype=torch.bool)
+        self.active = False  # any channel dropped (a Python bool: no device sync per forward)
         self.where = where
+
+    def set(self, drop: torch.Tensor) -> None:
+        self.drop, self.active = drop, bool(drop.any())
 
     def __call__(self, _module: nn.Module, _inputs: Any, out: torch.Tensor) -> torch.Tensor | None:
         _check_output(out, len(self.drop), self.where)
-        if not bool(self.drop.any()):
+        if not self.active:
             return None
         if self.drop.device != out.device:
             self.drop = self.drop.to(out.device)
@@ -216,14 +218,14 @@ class ChannelMask:
         chosen = self._check(channels)
         drop = self._hook.drop.clone()
         drop[chosen] = True
-        self._hook.drop = drop
+        self._hook.set(drop)
 
     def set(self, channels: Iterable[int]) -> None:
         """Make ``channels`` exactly the pruned set."""
         chosen = self._check(channels)
         drop = torch.zeros(self.channels, dtype=torch.bool, device=self._hook.drop.device)
         drop[chosen] = True
-        self._hook.drop = drop
+        self._hook.set(drop)
 
     def clear(self) -> None:
         """Un-prune every channel (the hook stays attached)."""
