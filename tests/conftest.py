@@ -23,3 +23,12 @@ def tiny_images() -> Dataset:
     x = torch.rand(30, 1, 6, 6, generator=g) * 0.5
     y = torch.arange(30) % 3
     return Dataset(x, y, ["zero", "one", "two"])
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models train fastest on one thread (the test machine's two cores are shared)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

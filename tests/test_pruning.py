@@ -9,6 +9,7 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 import torch
+from tiny_data import separable
 from torch import nn
 
 from poisonlab.attacks import BadNets
@@ -34,16 +35,6 @@ from poisonlab.defenses.pruning import (
 from poisonlab.errors import PoisonlabError
 from poisonlab.models import activations, build_model
 from poisonlab.train import TrainConfig, train_model
-
-
-def separable(n: int, seed: int) -> Dataset:
-    """16x16 grey images of 3 classes: class k has a bright block in column band k."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.arange(n) % 3
-    x = torch.rand(n, 1, 16, 16, generator=g) * 0.2
-    for k in range(3):
-        x[y == k, :, 5:11, 1 + 5 * k:5 + 5 * k] += 0.8
-    return Dataset(x, y, ["a", "b", "c"])
 
 
 def state(model: nn.Module) -> dict[str, torch.Tensor]:

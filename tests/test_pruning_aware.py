@@ -7,26 +7,21 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 import torch
+from tiny_data import separable
 from torch import nn
 
 from poisonlab.attacks import BadNets
-from poisonlab.attacks.pruning_aware import PruningAwareConfig, make_dormant, pruning_aware_backdoor
+from poisonlab.attacks.pruning_aware import (
+    PruningAwareConfig,
+    make_dormant,
+    pruning_aware_backdoor,
+)
 from poisonlab.data.base import Dataset
 from poisonlab.errors import PoisonlabError
 from poisonlab.models import activations, build_model
 from poisonlab.train import TrainConfig
 
 FAST = TrainConfig(epochs=2, batch_size=16, lr=0.05)
-
-
-def separable(n: int, seed: int) -> Dataset:
-    """16x16 grey images of 3 classes: class k has a bright block in column band k."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.arange(n) % 3
-    x = torch.rand(n, 1, 16, 16, generator=g) * 0.2
-    for k in range(3):
-        x[y == k, :, 5:11, 1 + 5 * k:5 + 5 * k] += 0.8
-    return Dataset(x, y, ["a", "b", "c"])
 
 
 @pytest.fixture(scope="module")

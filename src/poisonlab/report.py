@@ -79,7 +79,8 @@ def print_table(rows: list[dict[str, Any]], title: str | None = None) -> None:
 
 
 # -- plots ------------------------------------------------------------------------------
-def _plt():
+def pyplot():
+    """matplotlib.pyplot with the file-only Agg backend."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -105,7 +106,7 @@ def plot_trigger_examples(path: Path, clean: torch.Tensor, triggered: torch.Tens
 
     Titles in red mark attack successes: the wanted label, or any wrong one when ``untargeted``.
     """
-    plt = _plt()
+    plt = pyplot()
     n = len(clean)
     fig, axes = plt.subplots(2, n, figsize=(1.5 * n + 0.6, 4.4), squeeze=False)
     for i in range(n):
@@ -130,7 +131,7 @@ def plot_trigger_examples(path: Path, clean: torch.Tensor, triggered: torch.Tens
 
 def plot_first_layer_filters(path: Path, weights: dict[str, torch.Tensor]) -> None:
     """First conv layer filters side by side, one panel per model (the seed's Figure 5)."""
-    plt = _plt()
+    plt = pyplot()
     panels = list(weights.items())
     n_filters = max(w.shape[0] for _, w in panels)
     cols = min(8, n_filters)
@@ -159,7 +160,7 @@ def plot_first_layer_filters(path: Path, weights: dict[str, torch.Tensor]) -> No
 
 def plot_confusion(path: Path, matrices: dict[str, np.ndarray], classes: Sequence[str]) -> None:
     """Row-normalised confusion matrices side by side."""
-    plt = _plt()
+    plt = pyplot()
     n = len(matrices)
     size = min(0.35 * len(classes) + 2, 9)
     fig, axes = plt.subplots(1, n, figsize=(size * n, size), squeeze=False)
@@ -180,7 +181,7 @@ def plot_confusion(path: Path, matrices: dict[str, np.ndarray], classes: Sequenc
 
 def plot_training_curves(path: Path, histories: dict[str, list[dict[str, float]]]) -> None:
     """Loss and validation accuracy per epoch for each trained model."""
-    plt = _plt()
+    plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.2))
     for name, hist in histories.items():
         epochs = [h["epoch"] for h in hist]

@@ -220,9 +220,9 @@ def plot_backdoor_neurons(path: Path | str, stats: ChannelStats, flagged: list[i
 
     Flagged channels are drawn in red and labelled (cf. BadNets Fig. 8).
     """
-    from ..report import _plt
+    from ..report import pyplot
 
-    plt = _plt()
+    plt = pyplot()
     flagged = list(flagged or [])
     channels = np.arange(stats.num_channels)
     colors = ["crimson" if c in flagged else "tab:orange" for c in channels]

@@ -441,11 +441,9 @@ def _curve_row(model: nn.Module, n: int, channels: int, val: Dataset, test_clean
 def plot_pruning_curve(path: str | Path, result: PruningResult) -> None:
     """Clean accuracy and attack success against the fraction pruned, with the chosen stop
     (Liu et al. 2018, Fig. 4); validation accuracy is drawn dashed."""
-    import matplotlib
+    from ..report import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     xs = [r["fraction_pruned"] for r in result.rows]
     fig, ax = plt.subplots(figsize=(5, 3.4))
     for key, label, style in (("clean_acc", "clean accuracy", "-"), ("attack_success", "attack success", "-"),
