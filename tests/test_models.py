@@ -56,7 +56,19 @@ def test_unknown_layer_and_model():
     with pytest.raises(PoisonlabError, match="needs images of at least 16x16"):
         build_model("badnet-mnist", (1, 8, 8), 10)
     with pytest.raises(PoisonlabError, match="takes no options"):
-        build_model("small-cnn", (3, 32, 32), 10, {"width": 3})
+        build_model("badnet-mnist", (1, 28, 28), 10, {"width": 3})
+    with pytest.raises(PoisonlabError, match="convs_per_block must be 1 or 2"):
+        build_model("small-cnn", (3, 32, 32), 10, {"convs_per_block": 3})
+    with pytest.raises(PoisonlabError, match=r"has no option\(s\) \['depth'\]"):
+        build_model("small-cnn", (3, 32, 32), 10, {"depth": 3})
+
+
+def test_small_cnn_options_shape_the_network():
+    m = build_model("small-cnn", (3, 32, 32), 43, {"convs_per_block": 1, "width": 16})
+    assert conv_layers(m) == ["conv1", "conv2", "conv3"]
+    assert [m.conv1.out_channels, m.conv2.out_channels, m.conv3.out_channels] == [16, 32, 64]
+    assert m.fc1.in_features == 64 * 4 * 4
+    assert conv_layers(build_model("small-cnn", (3, 32, 32), 43))[-1] == "conv6"
 
 
 def test_conv_layer_listing():

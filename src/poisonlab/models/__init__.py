@@ -44,6 +44,22 @@ def _conv_builder(cls: type[nn.Module], name: str, min_side: int) -> Callable[[t
     return build
 
 
+def _build_small_cnn(shape: tuple[int, ...], num_classes: int, options: dict) -> nn.Module:
+    unknown = set(options) - {"convs_per_block", "width"}
+    if unknown:
+        raise PoisonlabError(f"model 'small-cnn' has no option(s) {sorted(unknown)}; allowed: convs_per_block (1 or 2), width")
+    convs = options.get("convs_per_block", 2)
+    width = options.get("width", 32)
+    if convs not in (1, 2) or isinstance(convs, bool):
+        raise PoisonlabError(f"model.options.convs_per_block must be 1 or 2, got {convs!r}")
+    if not isinstance(width, int) or isinstance(width, bool) or width < 1:
+        raise PoisonlabError(f"model.options.width must be a positive integer, got {width!r}")
+    channels, side = _image_shape(shape, "small-cnn")
+    if side < 8:
+        raise PoisonlabError(f"model 'small-cnn' needs images of at least 8x8; the data is {side}x{side}")
+    return SmallCNN(channels, num_classes, side, convs_per_block=convs, width=width)
+
+
 def _build_mlp(shape: tuple[int, ...], num_classes: int, options: dict) -> nn.Module:
     unknown = set(options) - {"hidden"}
     if unknown:
@@ -61,8 +77,8 @@ for _spec in (
               _conv_builder(BadNetMNIST, "badnet-mnist", 16), 16),
     ModelSpec("digits-cnn", "small CNN for 8x8 images: conv32@3x3-conv64@3x3-maxpool-fc128-fc",
               _conv_builder(DigitsCNN, "digits-cnn", 2), 2),
-    ModelSpec("small-cnn", "VGG-style CNN for 32x32 colour images: 6 convs (32-64-128) with BN, fc256",
-              _conv_builder(SmallCNN, "small-cnn", 8), 8),
+    ModelSpec("small-cnn", "VGG-style CNN for 32x32 colour images: 3 blocks of 2 convs (32-64-128) with BN, fc256 "
+              "(options: convs_per_block: 1|2, width: 32)", _build_small_cnn, 8),
     ModelSpec("resnet18", "ResNet-18 for 32x32 inputs (3x3 stem, no max-pool)", _conv_builder(ResNet18, "resnet18", 8), 8),
     ModelSpec("mlp", "multilayer perceptron on flattened input (options: hidden: [256])", _build_mlp),
 ):

@@ -51,22 +51,29 @@ class DigitsCNN(nn.Sequential):
 class SmallCNN(nn.Sequential):
     """A small VGG-style CNN for 32x32 colour images (GTSRB, CIFAR-10).
 
-    Three blocks of two 3x3 convs (32, 64, 128 channels) with batch norm and max-pool,
-    then fc 256 and the classifier. ``conv6`` is the last conv layer (Fine-Pruning's target).
+    Three blocks of ``convs_per_block`` 3x3 convs (``width``, 2x, 4x channels; default
+    32-64-128) with batch norm and ReLU, each block closed by a 2x2 max-pool, then fc 256
+    and the classifier. Layers are named ``conv{i}``, ``bn{i}``, ``relu{i}``, ``pool{b}``;
+    the last conv (``conv6`` by default, ``conv3`` with one conv per block) is the layer
+    Fine-Pruning prunes. One conv per block trains about 3x faster on a CPU.
     """
 
-    def __init__(self, in_channels: int = 3, num_classes: int = 43, image_size: int = 32) -> None:
+    def __init__(self, in_channels: int = 3, num_classes: int = 43, image_size: int = 32,
+                 convs_per_block: int = 2, width: int = 32) -> None:
         super().__init__()
-        widths = [(in_channels, 32), (32, 32), (32, 64), (64, 64), (64, 128), (128, 128)]
-        for i, (cin, cout) in enumerate(widths, start=1):
-            self.add_module(f"conv{i}", nn.Conv2d(cin, cout, 3, padding=1, bias=False))
-            self.add_module(f"bn{i}", nn.BatchNorm2d(cout))
-            self.add_module(f"relu{i}", nn.ReLU())
-            if i % 2 == 0:
-                self.add_module(f"pool{i // 2}", nn.MaxPool2d(2))
+        i, cin = 0, in_channels
+        for block in range(1, 4):
+            cout = width * 2 ** (block - 1)
+            for _ in range(convs_per_block):
+                i += 1
+                self.add_module(f"conv{i}", nn.Conv2d(cin, cout, 3, padding=1, bias=False))
+                self.add_module(f"bn{i}", nn.BatchNorm2d(cout))
+                self.add_module(f"relu{i}", nn.ReLU())
+                cin = cout
+            self.add_module(f"pool{block}", nn.MaxPool2d(2))
         side = image_size // 8
         self.add_module("flatten", nn.Flatten())
-        self.add_module("fc1", nn.Linear(128 * side * side, 256))
+        self.add_module("fc1", nn.Linear(cin * side * side, 256))
         self.add_module("relu_fc", nn.ReLU())
         self.add_module("dropout", nn.Dropout(0.3))
         self.add_module("fc2", nn.Linear(256, num_classes))
