@@ -77,6 +77,12 @@ def run(
 
     report.print_table(summary_table(m), f"{cfg.name}: summary")
     report.print_table(outcome.table, f"{cfg.name}: per-class error (seed table)")
+    defenses_md = outcome.path / "tables" / "defenses.csv"
+    if defenses_md.is_file():
+        import csv
+
+        with defenses_md.open() as fh:
+            report.print_table(list(csv.DictReader(fh)), f"{cfg.name}: defenses")
     if "attack" in m:
         a = m["attack"]
         typer.echo(f"attack: {a['labels']}, trigger {a['trigger']}, {a['n_poison']} poison images "
@@ -117,6 +123,15 @@ def models() -> None:
 
     for name in MODELS.names():
         typer.echo(f"{name:14s} {MODELS.get(name).description}")
+
+
+@app.command()
+def defenses() -> None:
+    """List the registered defenses (use them in a config's defenses: list)."""
+    from .defenses import DEFENSES
+
+    for name in DEFENSES.names():
+        typer.echo(f"{name:14s} {DEFENSES.get(name).description}")
 
 
 @app.command()

@@ -59,6 +59,7 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     attack: dict[str, Any] | None = None
+    defenses: list[dict[str, Any]] = field(default_factory=list)
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def validate(self) -> None:

@@ -25,6 +25,8 @@ from .config import ExperimentConfig, config_hash
 from .data import load_dataset
 from .data.base import Dataset
 from .data.splits import carve_validation, limit_rows
+from .defend import check_defenses, run_defenses
+from .errors import PoisonlabError
 from .metrics import (
     accuracy,
     confusion_matrix,
@@ -146,11 +148,16 @@ def run_experiment(cfg: ExperimentConfig, quiet: bool = False) -> RunOutcome:
     start = time.perf_counter()
     device = resolve_device(cfg.device)
     attack = build_attack(cfg.attack) if cfg.attack is not None else None
+    defenses = check_defenses(cfg.defenses)
+    if defenses and attack is None:
+        raise PoisonlabError("defenses need an attack to defend against; add an attack: section")
     with timed(times, "load_seconds"):
         split = load_dataset(cfg.data.name, cfg.data.dir, cfg.data.download)
     train_all = limit_rows(split.train, cfg.data.train_limit, cfg.seed)
     train, val = carve_validation(train_all, cfg.data.val_fraction, cfg.seed)
     test = split.test
+    if defenses and val is None:
+        raise PoisonlabError("defenses decide on a clean validation split; set data.val_fraction > 0")
     poison = None
     if attack is not None:
         attack.check(train)
@@ -176,6 +183,14 @@ def run_experiment(cfg: ExperimentConfig, quiet: bool = False) -> RunOutcome:
                                  "train_size_poisoned": len(poison.dataset), "test_triggered": len(attack_set.x)}
             metrics["badnet"] = _model_metrics(badnet, bad_eval)
             metrics["clean_error_increase"] = bad_eval["clean_error"] - base_eval["clean_error"]
+            defended = run_defenses(
+                defenses, badnet.model, val, test, attack_set,
+                lambda model, name: evaluate(model, test, attack_set, cfg, device, name)[0],
+                cfg.seed, device, {**bad_eval, "peak_rss_mb": peak_rss_mb()}, folder)
+            if defended.metrics:
+                metrics["defenses"] = defended.metrics
+                folder.write_text("tables/defenses.md", report.to_markdown(defended.rows, f"{cfg.name}: defenses"))
+                folder.write_text("tables/defenses.csv", report.to_csv(defended.rows))
         times["total_seconds"] = time.perf_counter() - start
         metrics["time"] = times
         metrics["peak_memory_mb"] = {"rss": peak_rss_mb(), "cuda": peak_cuda_mb()}

@@ -1,0 +1,82 @@
+"""Apply the configured defenses to a trained BadNet and measure each one.
+
+Every defense gets a copy of the suspect model, the clean validation split (its only
+source for decisions, e.g. where pruning stops) and, for the report only, the clean and
+triggered test sets. Results form the attack x defense table of Liu et al. (2018):
+clean accuracy, attack success, share of channels pruned, accuracy drop, time, memory.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from . import report
+from .attacks import AttackTestSet
+from .data.base import Dataset
+from .defenses import DEFENSES, plot_pruning_curve
+from .errors import PoisonlabError
+from .resources import peak_rss_mb
+from .store import RunFolder
+
+Evaluate = Callable[[nn.Module, str], dict[str, Any]]
+
+
+@dataclass
+class DefenseReport:
+    """Per-defense metrics and the rows of the attack x defense table."""
+
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    rows: list[dict[str, str]] = field(default_factory=list)
+
+
+def check_defenses(raw: list[dict[str, Any]]) -> list[tuple[str, Any]]:
+    """Validate every ``defenses:`` entry up front (before any training)."""
+    out = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict) or "name" not in item:
+            raise PoisonlabError(f"defenses[{i}] needs a 'name' (one of {', '.join(DEFENSES.names())})")
+        spec = DEFENSES.get(item["name"])
+        out.append((spec.name, spec.from_config(item)))
+    names = [n for n, _ in out]
+    if len(set(names)) != len(names):
+        raise PoisonlabError(f"defenses lists a defense twice ({', '.join(names)}); give each once")
+    return out
+
+
+def run_defenses(defenses: list[tuple[str, Any]], model: nn.Module, val: Dataset | None, test: Dataset,
+                 attack_set: AttackTestSet | None, evaluate: Evaluate, seed: int, device: torch.device,
+                 undefended: dict[str, Any], folder: RunFolder | None = None) -> DefenseReport:
+    """Run each defense on a copy of ``model``; ``evaluate(model, name)`` measures a defended model."""
+    result = DefenseReport()
+    if not defenses:
+        return result
+    if val is None or len(val) == 0:
+        raise PoisonlabError("defenses decide on a clean validation split; set data.val_fraction > 0")
+    result.rows.append(_row("none", undefended, undefended, None))
+    for name, cfg in defenses:
+        start = time.perf_counter()
+        outcome = DEFENSES.get(name).run(model, cfg, val, test, attack_set, seed=seed, device=device)
+        seconds = time.perf_counter() - start
+        measured = evaluate(outcome.model, name)
+        entry = {**measured, "defense_seconds": seconds, "peak_rss_mb": peak_rss_mb(), **outcome.summary()}
+        entry["clean_accuracy_drop"] = undefended["clean_accuracy"] - measured["clean_accuracy"]
+        result.metrics[name] = entry
+        result.rows.append(_row(name, entry, undefended, outcome.curve.fraction_pruned if outcome.curve else 0.0))
+        if folder is not None and outcome.curve is not None:
+            outcome.curve.write_csv(folder.file("tables", f"pruning_curve_{name}.csv"))
+            plot_pruning_curve(folder.file("plots", f"pruning_curve_{name}.png"), outcome.curve)
+    return result
+
+
+def _row(name: str, m: dict[str, Any], undefended: dict[str, Any], pruned: float | None) -> dict[str, str]:
+    drop = undefended["clean_accuracy"] - m["clean_accuracy"]
+    return {"defense": name, "clean accuracy": report.pct(m["clean_accuracy"]),
+            "attack success": report.pct(m.get("attack_success_rate")),
+            "channels pruned": "–" if pruned is None else report.pct(pruned),
+            "accuracy drop": f"{100 * drop:+.2f} pt" if name != "none" else "–",
+            "seconds": f"{m.get('defense_seconds', 0.0):.1f}" if name != "none" else "–",
+            "peak MiB": f"{m['peak_rss_mb']:.0f}" if "peak_rss_mb" in m else "–"}

@@ -1,0 +1,56 @@
+"""Defenses wired into an experiment: the attack x defense table, curves, and config errors."""
+import csv
+
+import pytest
+
+from poisonlab.config import load_config
+from poisonlab.errors import PoisonlabError
+from poisonlab.experiment import run_experiment
+
+BASE = ["train.epochs=3", "output.plots=true", "attack={name: badnets, p: 0.1, trigger: {kind: pattern, margin: 0}}"]
+
+
+def test_defenses_table_and_curves(tmp_path):
+    cfg = load_config(None, BASE + [f"output.dir={tmp_path}",
+                                    "defenses=[{name: pruning, step: 4}, {name: fine-pruning, step: 4, fine_tune_epochs: 2}]"],
+                      device="cpu")
+    out = run_experiment(cfg)
+    d = out.metrics["defenses"]
+    assert set(d) == {"pruning", "fine-pruning"}
+    for name, m in d.items():
+        assert m["clean_accuracy_drop"] == pytest.approx(out.metrics["badnet"]["clean_accuracy"] - m["clean_accuracy"])
+        assert 0 <= m["fraction_pruned"] <= 1 and m["n_pruned"] % 4 == 0 or m["n_pruned"] == m["channels"]
+        assert m["defense_seconds"] > 0 and m["peak_rss_mb"] > 0
+        assert (out.path / "tables" / f"pruning_curve_{name}.csv").is_file()
+        assert (out.path / "plots" / f"pruning_curve_{name}.png").is_file()
+    # the pruning stop is the same for both (same model, same validation data, same rule)
+    assert d["pruning"]["n_pruned"] == d["fine-pruning"]["n_pruned"]
+    rows = list(csv.DictReader((out.path / "tables" / "defenses.csv").open()))
+    assert [r["defense"] for r in rows] == ["none", "pruning", "fine-pruning"]
+    assert rows[1]["channels pruned"] == f"{100 * d['pruning']['fraction_pruned']:.2f}%"
+
+
+@pytest.mark.parametrize("defenses,message", [
+    ("[{name: prunning}]", "unknown defense 'prunning' (did you mean 'pruning'?)"),
+    ("[{name: pruning, max_drop: 2}]", "max_drop"),
+    ("[{name: pruning, stepp: 1}]", "unknown config key 'defense.stepp'"),
+    ("[{name: pruning}, {name: pruning}]", "lists a defense twice"),
+    ("[{step: 1}]", "defenses[0] needs a 'name'"),
+])
+def test_bad_defense_config_fails_before_training(tmp_path, defenses, message):
+    cfg = load_config(None, BASE + [f"output.dir={tmp_path}", f"defenses={defenses}"], device="cpu")
+    with pytest.raises(PoisonlabError) as err:
+        run_experiment(cfg)
+    assert message in str(err.value)
+    assert not (tmp_path / ".cache").exists()  # nothing was trained
+
+
+def test_defenses_need_attack_and_validation(tmp_path):
+    cfg = load_config(None, ["train.epochs=1", f"output.dir={tmp_path}", "defenses=[{name: pruning}]"], device="cpu")
+    with pytest.raises(PoisonlabError, match="defenses need an attack"):
+        run_experiment(cfg)
+    cfg = load_config(None, BASE + [f"output.dir={tmp_path}", "data.val_fraction=0", "defenses=[{name: pruning}]"],
+                      device="cpu")
+    with pytest.raises(PoisonlabError, match="clean validation split; set data.val_fraction > 0"):
+        run_experiment(cfg)
+    assert not (tmp_path / ".cache").exists()  # refused before any training
