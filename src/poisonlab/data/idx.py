@@ -244,24 +244,13 @@ def load_fashion_mnist(roots: list[Path], download: bool = False, verify: bool |
 
 _SPEC_FILES = tuple(f"{base}.gz | {base}" for base in FILES.values())
 
-DATASETS.register("mnist")(
-    DatasetSpec(
-        name="mnist",
-        description="MNIST handwritten digits, 28x28 grey, 60,000 train + 10,000 test (official IDX files)",
-        subdirs=("mnist", "MNIST", "", "MNIST/raw"),
-        files=_SPEC_FILES,
-        load=load_mnist,
-        downloadable=True,
+for _name, _description, _subdirs, _load in (
+    ("mnist", "MNIST handwritten digits, 28x28 grey, 60,000 train + 10,000 test (official IDX files)",
+     ("mnist", "MNIST", "", "MNIST/raw"), load_mnist),
+    ("fashion-mnist", "Fashion-MNIST clothing images, 28x28 grey, 60,000 train + 10,000 test (official IDX files)",
+     ("fashion-mnist", "fashion_mnist", "", "FashionMNIST/raw"), load_fashion_mnist),
+):
+    DATASETS.register(_name)(
+        DatasetSpec(name=_name, description=_description, subdirs=_subdirs, files=_SPEC_FILES, load=_load,
+                    downloadable=True)
     )
-)
-
-DATASETS.register("fashion-mnist")(
-    DatasetSpec(
-        name="fashion-mnist",
-        description="Fashion-MNIST clothing images, 28x28 grey, 60,000 train + 10,000 test (official IDX files)",
-        subdirs=("fashion-mnist", "fashion_mnist", "", "FashionMNIST/raw"),
-        files=_SPEC_FILES,
-        load=load_fashion_mnist,
-        downloadable=True,
-    )
-)
