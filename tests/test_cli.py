@@ -111,3 +111,14 @@ def test_real_process_exit_code_and_no_traceback(tmp_path):
                           cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: train.epochs must be >= 1, got -1"
+
+
+def test_corrupt_index_and_metrics_are_one_line_errors(tmp_path, capsys):
+    (tmp_path / "index.sqlite").write_text("not a database")
+    code, _, err = run_cli(["runs", "--dir", str(tmp_path)], capsys)
+    assert code == 2 and "run index" in err and "is unreadable" in err and err.count("\n") == 1
+    run = tmp_path / "r1"
+    run.mkdir()
+    (run / "metrics.json").write_text("{")
+    code, _, err = run_cli(["show", str(run)], capsys)
+    assert code == 2 and "metrics.json' is corrupt" in err and err.count("\n") == 1

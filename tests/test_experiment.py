@@ -65,3 +65,13 @@ def test_failed_run_leaves_nothing(tmp_path, monkeypatch):
         run_experiment(load_config(None, ["train.epochs=1", f"output.dir={tmp_path}",
                                           "attack={name: badnets, p: 0.1}"], device="cpu"))
     assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".cache")] == []
+
+
+def test_damaged_baseline_cache_is_retrained(tmp_path):
+    over = ["train.epochs=1", "output.plots=false", f"output.dir={tmp_path}", "attack={name: badnets, p: 0.1}"]
+    first = run_experiment(load_config(None, over, device="cpu"))
+    for f in (tmp_path / ".cache").glob("*.safetensors"):
+        f.write_bytes(b"damaged")
+    second = run_experiment(load_config(None, over, device="cpu"))
+    assert not second.metrics["baseline"]["from_cache"]
+    assert second.metrics["baseline"]["clean_accuracy"] == first.metrics["baseline"]["clean_accuracy"]

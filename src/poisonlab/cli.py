@@ -171,14 +171,14 @@ def show(
     dir: Path = typer.Option(Path("runs"), "--dir", help=RUNS_DIR_HELP),
 ) -> None:
     """Print a run's tables and where its plots and weights are."""
-    from .store import find_run
+    from .store import find_run, read_metrics
 
     path = find_run(dir, run_id)
+    metrics = read_metrics(path)
     typer.echo(f"run folder: {path}")
     for md in sorted((path / "tables").glob("*.md")):
         typer.echo("")
         typer.echo(md.read_text().rstrip())
-    metrics = json.loads((path / "metrics.json").read_text())
     typer.echo("")
     typer.echo(f"time {metrics['time']['total_seconds']:.1f}s, peak memory {metrics['peak_memory_mb']['rss']:.0f} MiB")
     plots = sorted(p.name for p in (path / "plots").glob("*.png")) if (path / "plots").is_dir() else []

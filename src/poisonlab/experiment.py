@@ -81,10 +81,14 @@ def train_baseline(cfg: ExperimentConfig, train: Dataset, val: Dataset | None, d
     weights, info = cache / f"baseline-{key}.safetensors", cache / f"baseline-{key}.json"
     if cfg.output.cache_baseline and weights.is_file() and info.is_file():
         model = build_model(cfg.model.name, tuple(train.x.shape[1:]), train.num_classes, cfg.model.options)
-        load_weights(model, weights)
-        model.eval()
-        meta = json.loads(info.read_text())
-        return TrainedModel(model, TrainResult(**meta), cached=True)
+        try:
+            load_weights(model, weights)
+            meta = TrainResult(**json.loads(info.read_text()))
+        except (PoisonlabError, ValueError, TypeError):
+            pass  # a damaged cache entry is a cache miss: train again and overwrite it
+        else:
+            model.eval()
+            return TrainedModel(model, meta, cached=True)
     trained = train_one(cfg, train, val, device, "baseline")
     if cfg.output.cache_baseline:
         cache.mkdir(parents=True, exist_ok=True)

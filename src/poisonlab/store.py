@@ -130,9 +130,24 @@ def open_run(root: str | Path, name: str, cfg_hash: str) -> Iterator[RunFolder]:
 
 
 def _connect(root: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(root / INDEX_NAME)
-    conn.execute(_SCHEMA)
+    path = root / INDEX_NAME
+    try:
+        conn = sqlite3.connect(path)
+        conn.execute(_SCHEMA)
+    except sqlite3.DatabaseError as exc:
+        raise PoisonlabError(f"run index '{path}' is unreadable ({exc}); move it aside and re-run") from None
     return conn
+
+
+def read_metrics(run: Path) -> dict[str, Any]:
+    """A run folder's ``metrics.json``; a missing or corrupt file is a one-line error."""
+    path = run / "metrics.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise PoisonlabError(f"'{run}' has no metrics.json; it is not a finished run folder") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PoisonlabError(f"'{path}' is corrupt ({exc}); the run cannot be shown") from None
 
 
 def index_run(root: str | Path, row: dict[str, Any]) -> None:
