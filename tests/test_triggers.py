@@ -222,8 +222,9 @@ def test_image_trigger_builtin_icon_matches_render():
     assert changed(x, y) <= block(0, 0, 8, 8)
     assert torch.equal(t.mask((3, 16, 16))[:8, :8], icon[3])
     assert torch.allclose(y[0, :, :8, :8], icon[:3] * icon[3], atol=1e-6)
-    rel = build_trigger({"kind": "image", "icon": "bomb"})               # default size 0.25 -> 8 px on 32
-    assert changed(torch.zeros(1, 3, 32, 32), rel.apply(torch.zeros(1, 3, 32, 32))) <= block(23, 23, 8, 8)
+    rel = build_trigger({"kind": "image", "icon": "bomb"})               # default size 0.16 -> 5 px on 32
+    assert rel.mask((3, 32, 32)).nonzero().min(0).values.tolist() >= [26, 26]
+    assert changed(torch.zeros(1, 3, 32, 32), rel.apply(torch.zeros(1, 3, 32, 32))) <= block(26, 26, 5, 5)
 
 
 def test_unreadable_image_file(tmp_path):

@@ -82,7 +82,14 @@ def run(
         import csv
 
         with defenses_md.open() as fh:
-            report.print_table(list(csv.DictReader(fh)), f"{cfg.name}: defenses")
+            report.print_table(list(csv.DictReader(fh)), f"{cfg.name}: attack x defense")
+    for extra, title in (("traffic_groups", "by sign type"), ("transfer", "transfer learning")):
+        path = outcome.path / "tables" / f"{extra}.csv"
+        if path.is_file():
+            import csv
+
+            with path.open() as fh:
+                report.print_table(list(csv.DictReader(fh)), f"{cfg.name}: {title}")
     if "attack" in m:
         a = m["attack"]
         typer.echo(f"attack: {a['labels']}, trigger {a['trigger']}, {a['n_poison']} poison images "
@@ -184,6 +191,40 @@ def show(
     plots = sorted(p.name for p in (path / "plots").glob("*.png")) if (path / "plots").is_dir() else []
     if plots:
         typer.echo("plots: " + ", ".join(plots))
+
+
+@app.command("traffic-table")
+def traffic_table_cmd(
+    run_ids: List[str] = typer.Argument(..., metavar="RUN...", help="GTSRB runs, one per trigger (id, prefix or folder)"),
+    dir: Path = typer.Option(Path("runs"), "--dir", help=RUNS_DIR_HELP),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="also write the grouped bar chart to this PNG"),
+    csv_out: Optional[Path] = typer.Option(None, "--csv", help="also write the table to this CSV file"),
+) -> None:
+    """One BadNets Sec. 4 table from several GTSRB runs: clean accuracy of the baseline and, per
+    trigger, the BadNet's clean and backdoor accuracy by sign type (stop, speed limit, warning, other)."""
+    from . import report
+    from .store import find_run, read_metrics
+    from .traffic_report import plot_traffic_table, traffic_table
+
+    baseline = None
+    nets: dict[str, tuple[dict[str, float], dict[str, float]]] = {}
+    for run_id in run_ids:
+        path = find_run(dir, run_id)
+        groups = read_metrics(path).get("traffic_groups")
+        if groups is None:
+            raise PoisonlabError(f"run {path.name} has no traffic-sign groups; they come from GTSRB runs with a "
+                                 f"single-target attack from one source class")
+        baseline = baseline or groups["baseline_clean"]
+        name = groups["trigger"]
+        while name in nets:
+            name += "'"
+        nets[name] = (groups["badnet_clean"], groups["badnet_backdoor"])
+    rows = traffic_table(baseline or {}, nets)
+    report.print_table(rows, "BadNets on traffic signs, by sign type")
+    if csv_out is not None:
+        csv_out.write_text(report.to_csv(rows))
+    if plot is not None:
+        plot_traffic_table(plot, baseline or {}, nets)
 
 
 def main(argv: list[str] | None = None) -> None:

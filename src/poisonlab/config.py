@@ -17,6 +17,7 @@ import yaml
 
 from .errors import PoisonlabError, did_you_mean
 from .train import TrainConfig
+from .transfer import TransferConfig
 
 
 @dataclass
@@ -49,6 +50,21 @@ class OutputConfig:
 
 
 @dataclass
+class AnalysisConfig:
+    """``analysis:``: the backdoor-neuron analysis of BadNets Sec. 5.3 (run for every CNN BadNet).
+
+    ``layer``: conv layer to read (null: the last one); a channel is flagged when its
+    triggered-minus-clean mean is ``z`` standard deviations above the layer's median and
+    its clean mean is at most the ``clean_quantile`` quantile of the layer's clean means.
+    """
+
+    backdoor_neurons: bool = True
+    layer: str | None = None
+    z: float = 3.0
+    clean_quantile: float = 0.5
+
+
+@dataclass
 class ExperimentConfig:
     """A whole experiment: data -> attack -> train (victim and clean baseline) -> metrics."""
 
@@ -60,6 +76,9 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     attack: dict[str, Any] | None = None
     defenses: list[dict[str, Any]] = field(default_factory=list)
+    pruning_aware: dict[str, Any] | None = None
+    transfer: TransferConfig | None = None
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def validate(self) -> None:
@@ -70,6 +89,11 @@ class ExperimentConfig:
         if self.seed < 0:
             raise PoisonlabError(f"seed must be >= 0, got {self.seed}")
         self.train.validate()
+        if self.transfer is not None:
+            self.transfer.validate()
+        if not self.analysis.z >= 0 or not 0 <= self.analysis.clean_quantile <= 1:
+            raise PoisonlabError(f"analysis.z must be >= 0 and analysis.clean_quantile in [0, 1], got "
+                                 f"{self.analysis.z} and {self.analysis.clean_quantile}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -91,6 +115,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is Any:
         return value
     if origin in (Union, types.UnionType):
+        others = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is not None and len(others) == 1:  # Optional[X]: X's own, more precise error
+            return _coerce(value, others[0], where)
         for arg in typing.get_args(tp):
             try:
                 return _coerce(value, arg, where)

@@ -49,14 +49,20 @@ def check_defenses(raw: list[dict[str, Any]]) -> list[tuple[str, Any]]:
 
 def run_defenses(defenses: list[tuple[str, Any]], model: nn.Module, val: Dataset | None, test: Dataset,
                  attack_set: AttackTestSet | None, evaluate: Evaluate, seed: int, device: torch.device,
-                 undefended: dict[str, Any], folder: RunFolder | None = None) -> DefenseReport:
-    """Run each defense on a copy of ``model``; ``evaluate(model, name)`` measures a defended model."""
+                 undefended: dict[str, Any], folder: RunFolder | None = None,
+                 attack_label: str = "BadNet") -> DefenseReport:
+    """Run each defense on a copy of ``model``; ``evaluate(model, name)`` measures a defended model.
+
+    ``attack_label`` names the attacked model in the table's first column; files of a
+    model other than the plain BadNet get its label as a suffix.
+    """
     result = DefenseReport()
     if not defenses:
         return result
     if val is None or len(val) == 0:
         raise PoisonlabError("defenses decide on a clean validation split; set data.val_fraction > 0")
-    result.rows.append(_row("none", undefended, undefended, None))
+    suffix = "" if attack_label == "BadNet" else "_" + attack_label.lower().replace(" ", "_").replace("-", "_")
+    result.rows.append(_row(attack_label, "none", undefended, undefended, None))
     for name, cfg in defenses:
         start = time.perf_counter()
         outcome = DEFENSES.get(name).run(model, cfg, val, test, attack_set, seed=seed, device=device)
@@ -65,16 +71,17 @@ def run_defenses(defenses: list[tuple[str, Any]], model: nn.Module, val: Dataset
         entry = {**measured, "defense_seconds": seconds, "peak_rss_mb": peak_rss_mb(), **outcome.summary()}
         entry["clean_accuracy_drop"] = undefended["clean_accuracy"] - measured["clean_accuracy"]
         result.metrics[name] = entry
-        result.rows.append(_row(name, entry, undefended, outcome.curve.fraction_pruned if outcome.curve else 0.0))
+        result.rows.append(_row(attack_label, name, entry, undefended,
+                                outcome.curve.fraction_pruned if outcome.curve else 0.0))
         if folder is not None and outcome.curve is not None:
-            outcome.curve.write_csv(folder.file("tables", f"pruning_curve_{name}.csv"))
-            plot_pruning_curve(folder.file("plots", f"pruning_curve_{name}.png"), outcome.curve)
+            outcome.curve.write_csv(folder.file("tables", f"pruning_curve_{name}{suffix}.csv"))
+            plot_pruning_curve(folder.file("plots", f"pruning_curve_{name}{suffix}.png"), outcome.curve)
     return result
 
 
-def _row(name: str, m: dict[str, Any], undefended: dict[str, Any], pruned: float | None) -> dict[str, str]:
+def _row(attack: str, name: str, m: dict[str, Any], undefended: dict[str, Any], pruned: float | None) -> dict[str, str]:
     drop = undefended["clean_accuracy"] - m["clean_accuracy"]
-    return {"defense": name, "clean accuracy": report.pct(m["clean_accuracy"]),
+    return {"attack": attack, "defense": name, "clean accuracy": report.pct(m["clean_accuracy"]),
             "attack success": report.pct(m.get("attack_success_rate")),
             "channels pruned": "–" if pruned is None else report.pct(pruned),
             "accuracy drop": f"{100 * drop:+.2f} pt" if name != "none" else "–",

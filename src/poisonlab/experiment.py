@@ -20,7 +20,9 @@ import yaml
 from torch import nn
 
 from . import __version__, report
+from .analysis import backdoor_neuron_rows, channel_activation_stats, flag_backdoor_channels, plot_backdoor_neurons
 from .attacks import AttackTestSet, build_attack
+from .attacks.pruning_aware import pruning_aware_backdoor, pruning_aware_config
 from .config import ExperimentConfig, config_hash
 from .data import load_dataset
 from .data.base import Dataset
@@ -34,9 +36,12 @@ from .metrics import (
     per_class_error,
 )
 from .models import build_model, first_conv
+from .models.layers import conv_layers
 from .resources import peak_cuda_mb, peak_rss_mb, timed
 from .store import RunFolder, index_run, load_weights, open_run, save_weights
 from .train import TrainResult, predict, resolve_device, seed_everything, train_model
+from .traffic_report import grouped_accuracy, grouped_backdoor, plot_traffic_table, traffic_table
+from .transfer_run import plot_transfer, prepare_task, run_transfer, transfer_table
 
 
 @dataclass
@@ -155,13 +160,20 @@ def run_experiment(cfg: ExperimentConfig, quiet: bool = False) -> RunOutcome:
     defenses = check_defenses(cfg.defenses)
     if defenses and attack is None:
         raise PoisonlabError("defenses need an attack to defend against; add an attack: section")
+    pa_cfg = pruning_aware_config(cfg.pruning_aware, cfg.train) if cfg.pruning_aware is not None else None
+    if pa_cfg is not None and attack is None:
+        raise PoisonlabError("pruning_aware trains a backdoored model; add an attack: section (BadNets)")
     with timed(times, "load_seconds"):
         split = load_dataset(cfg.data.name, cfg.data.dir, cfg.data.download)
     train_all = limit_rows(split.train, cfg.data.train_limit, cfg.seed)
     train, val = carve_validation(train_all, cfg.data.val_fraction, cfg.seed)
     test = split.test
-    if defenses and val is None:
-        raise PoisonlabError("defenses decide on a clean validation split; set data.val_fraction > 0")
+    if (defenses or pa_cfg is not None) and val is None:
+        raise PoisonlabError("defenses and the pruning-aware attack decide on a clean validation split; "
+                             "set data.val_fraction > 0")
+    task = prepare_task(cfg.transfer, train, val, test, cfg.seed) if cfg.transfer is not None else None
+    if task is not None:
+        train = task.teacher_train  # the teacher (U.S. network) never sees the student's images
     poison = None
     if attack is not None:
         attack.check(train)
@@ -177,6 +189,7 @@ def run_experiment(cfg: ExperimentConfig, quiet: bool = False) -> RunOutcome:
             "name": cfg.name, "version": __version__, "seed": cfg.seed, "device": str(device),
             "config_hash": chash, "platform": platform.platform(), "torch": torch.__version__,
             "data": {"name": cfg.data.name, "train": len(train), "validation": len(val) if val else 0,
+                     "student_train": len(task.student_train) if task else None,
                      "test": len(test), "classes": test.num_classes, "shape": list(test.x.shape[1:])},
             "baseline": _model_metrics(baseline, base_eval),
         }
@@ -187,14 +200,62 @@ def run_experiment(cfg: ExperimentConfig, quiet: bool = False) -> RunOutcome:
                                  "train_size_poisoned": len(poison.dataset), "test_triggered": len(attack_set.x)}
             metrics["badnet"] = _model_metrics(badnet, bad_eval)
             metrics["clean_error_increase"] = bad_eval["clean_error"] - base_eval["clean_error"]
-            defended = run_defenses(
-                defenses, badnet.model, val, test, attack_set,
-                lambda model, name: evaluate(model, test, attack_set, cfg, device, name)[0],
-                cfg.seed, device, {**bad_eval, "peak_rss_mb": peak_rss_mb()}, folder)
-            if defended.metrics:
-                metrics["defenses"] = defended.metrics
-                folder.write_text("tables/defenses.md", report.to_markdown(defended.rows, f"{cfg.name}: defenses"))
-                folder.write_text("tables/defenses.csv", report.to_csv(defended.rows))
+            groups = traffic_sign_groups(cfg, attack, badnet.model, test, base_preds["clean"], bad_preds["clean"],
+                                         device)
+            if groups is not None:
+                metrics["traffic_groups"] = groups
+                name = groups["trigger"]
+                nets = {name: (groups["badnet_clean"], groups["badnet_backdoor"])}
+                folder.write_text("tables/traffic_groups.md", report.to_markdown(
+                    traffic_table(groups["baseline_clean"], nets), f"{cfg.name}: by sign type"))
+                folder.write_text("tables/traffic_groups.csv", report.to_csv(traffic_table(groups["baseline_clean"], nets)))
+                if cfg.output.plots:
+                    plot_traffic_table(folder.file("plots", "traffic_groups.png"), groups["baseline_clean"], nets)
+            neurons = backdoor_neuron_analysis(cfg, badnet.model, attack, val, folder)
+            if neurons is not None:
+                metrics["backdoor_neurons"] = neurons
+            victims = [("BadNet", badnet.model, bad_eval, metrics)]
+            if pa_cfg is not None:
+                with timed(times, "pruning_aware_seconds"):
+                    pa_model, pa_info = pruning_aware_backdoor(
+                        lambda: build_model(cfg.model.name, tuple(train.x.shape[1:]), train.num_classes,
+                                            cfg.model.options),
+                        train, poison.dataset, val, pa_cfg.layer, pa_cfg, cfg.seed, device,
+                        clean_model=baseline.model)
+                pa_eval, _ = evaluate(pa_model, test, attack_set, cfg, device, "pruning-aware")
+                pa_trained = TrainedModel(pa_model.cpu(), TrainResult(pa_info["poison_history"],
+                                                                      len(pa_info["poison_history"]),
+                                                                      times["pruning_aware_seconds"]))
+                metrics["pruning_aware"] = {**_model_metrics(pa_trained, pa_eval),
+                                            **{k: v for k, v in pa_info.items() if "history" not in k}}
+                victims.append(("pruning-aware BadNet", pa_model, pa_eval, metrics["pruning_aware"]))
+                if cfg.output.save_weights:
+                    save_weights(pa_model, folder.file("weights", "pruning_aware.safetensors"))
+            rows: list[dict[str, str]] = []
+            for label, model, undefended, where in victims:
+                defended = run_defenses(
+                    defenses, model, val, test, attack_set,
+                    lambda m, name: evaluate(m, test, attack_set, cfg, device, name)[0],
+                    cfg.seed, device, {**undefended, "peak_rss_mb": peak_rss_mb()}, folder, attack_label=label)
+                if defended.metrics:
+                    where["defenses"] = defended.metrics
+                    rows += defended.rows
+            if rows:
+                folder.write_text("tables/defenses.md", report.to_markdown(rows, f"{cfg.name}: attack x defense"))
+                folder.write_text("tables/defenses.csv", report.to_csv(rows))
+        if task is not None and cfg.transfer is not None:
+            with timed(times, "transfer_seconds"):
+                neurons = metrics.get("backdoor_neurons") or {}
+                metrics["transfer"] = run_transfer(
+                    cfg.transfer, cfg.train, task, baseline.model, badnet.model if badnet else None,
+                    attack.trigger if attack is not None else None,
+                    cfg.transfer.strengthen_layer or neurons.get("layer") or _last_conv(baseline.model),
+                    neurons.get("flagged"), neurons.get("ranking"), cfg.seed, device)
+            table = transfer_table(metrics["transfer"])
+            folder.write_text("tables/transfer.md", report.to_markdown(table, f"{cfg.name}: transfer ({cfg.transfer.mode})"))
+            folder.write_text("tables/transfer.csv", report.to_csv(table))
+            if cfg.output.plots:
+                plot_transfer(folder.file("plots", "transfer.png"), metrics["transfer"])
         times["total_seconds"] = time.perf_counter() - start
         metrics["time"] = times
         metrics["peak_memory_mb"] = {"rss": peak_rss_mb(), "cuda": peak_cuda_mb()}
@@ -206,6 +267,58 @@ def run_experiment(cfg: ExperimentConfig, quiet: bool = False) -> RunOutcome:
         "summary": summarize(metrics), "metrics": metrics,
     })
     return RunOutcome(folder.run_id, folder.path, metrics, table)
+
+
+def _last_conv(model: nn.Module) -> str | None:
+    convs = conv_layers(model)
+    return convs[-1] if convs else None
+
+
+def trigger_label(trigger_cfg: dict[str, Any]) -> str:
+    """A short name for a trigger in tables: the icon's name, else its kind (``patch`` -> ``square``)."""
+    kind = str(trigger_cfg.get("kind", "trigger"))
+    return str(trigger_cfg.get("icon") or {"patch": "square"}.get(kind, kind))
+
+
+def traffic_sign_groups(cfg: ExperimentConfig, attack: Any, model: nn.Module, test: Dataset,
+                        base_pred: torch.Tensor, bad_pred: torch.Tensor,
+                        device: torch.device) -> dict[str, Any] | None:
+    """BadNets Sec. 4 table (stop, speed limit, warning, other) for a single-source, single-target
+    attack on the 43-class GTSRB; None for any other experiment. The BadNet's backdoor column comes
+    from every test image with the trigger stamped (:func:`poisonlab.traffic_report.grouped_backdoor`)."""
+    a = cfg.attack or {}
+    source = a.get("source")
+    if cfg.data.name != "gtsrb" or test.num_classes != 43 or a.get("labels", "single-target") != "single-target" \
+            or not isinstance(source, int) or isinstance(source, bool):
+        return None
+    triggered = predict(model, attack.trigger.apply(test.x), cfg.train.eval_batch_size, device,
+                        desc="badnet, every test image triggered")
+    return {"trigger": trigger_label(a.get("trigger") or {}), "source": source, "target": a.get("target", 0),
+            "baseline_clean": grouped_accuracy(base_pred, test.y),
+            "badnet_clean": grouped_accuracy(bad_pred, test.y),
+            "badnet_backdoor": grouped_backdoor(triggered, test.y, source, int(a.get("target", 0)))}
+
+
+def backdoor_neuron_analysis(cfg: ExperimentConfig, model: nn.Module, attack: Any, val: Dataset | None,
+                             folder: RunFolder) -> dict[str, Any] | None:
+    """Backdoor neurons of the BadNet (BadNets Sec. 5.3) on the validation split: mean activation per
+    channel of a conv layer on the attacked classes' clean images vs the same images triggered; a CSV
+    table and a plot in the run folder. None for models without convolutions or no attacked rows."""
+    a = cfg.analysis
+    if not a.backdoor_neurons or val is None or _last_conv(model) is None:
+        return None
+    pairs = attack.evaluation_set(val)
+    if len(pairs.x) == 0:
+        return None
+    stats = channel_activation_stats(model, a.layer, val.x[pairs.rows], pairs.x, cfg.train.eval_batch_size)
+    flagged = flag_backdoor_channels(stats, a.z, a.clean_quantile)
+    rows = backdoor_neuron_rows(stats, flagged)
+    folder.write_text("tables/backdoor_neurons.csv", report.to_csv(rows))
+    if cfg.output.plots:
+        plot_backdoor_neurons(folder.file("plots", "backdoor_neurons.png"), stats, flagged)
+    return {"layer": stats.layer, "read_at": stats.read_at, "images": stats.n_clean, "flagged": flagged,
+            "ranking": [int(c) for c in stats.ranking], "clean_mean": stats.clean_mean.tolist(),
+            "triggered_mean": stats.triggered_mean.tolist()}
 
 
 def experiment_hash(resolved: dict[str, Any]) -> str:
@@ -256,7 +369,7 @@ def _write_outputs(folder: RunFolder, cfg: ExperimentConfig, resolved: dict[str,
 def summary_table(metrics: dict[str, Any]) -> list[dict[str, str]]:
     """One row per model: clean accuracy, attack success, times and poison count."""
     rows = []
-    for key, label in (("baseline", "clean baseline"), ("badnet", "BadNet")):
+    for key, label in (("baseline", "clean baseline"), ("badnet", "BadNet"), ("pruning_aware", "pruning-aware BadNet")):
         m = metrics.get(key)
         if m is None:
             continue

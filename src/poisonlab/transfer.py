@@ -305,6 +305,9 @@ class TransferConfig:
     ``strengthen_channels``: its channels (null: those flagged by the backdoor-neuron analysis).
     ``teacher_fraction``: share of each class's training images for the teacher; the
     student trains on the rest.
+    ``task``: the student's new task: ``swedish`` regroups GTSRB into the four Swedish
+    sign categories (:mod:`poisonlab.data.gtsrb_groups`); ``same`` keeps the classes
+    (any data set: transfer to fresh images of the same task).
     """
 
     mode: Mode = "feature-extractor"
@@ -315,6 +318,7 @@ class TransferConfig:
     strengthen_layer: str | None = None
     strengthen_channels: list[int] | None = None
     teacher_fraction: float = 0.5
+    task: Literal["swedish", "same"] = "swedish"
 
     def validate(self) -> None:
         """Raise a one-line :class:`PoisonlabError` for the first bad setting."""
@@ -343,6 +347,8 @@ class TransferConfig:
             except PoisonlabError:
                 raise PoisonlabError(f"transfer.strengthen_channels must be null or a non-empty list of distinct "
                                      f"channel indices >= 0, got {self.strengthen_channels!r}") from None
+        if self.task not in ("swedish", "same"):
+            raise PoisonlabError(f"transfer.task must be 'swedish' or 'same', got {self.task!r}")
         tf = self.teacher_fraction
         if isinstance(tf, bool) or not isinstance(tf, (int, float)) or not 0 < tf < 1:
             raise PoisonlabError(f"transfer.teacher_fraction must be a number in (0, 1), got {tf!r}")

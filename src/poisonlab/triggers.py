@@ -596,7 +596,7 @@ class ImageTrigger(_Local):
 
     ``icon``: a built-in icon (``bomb``, ``flower``, ``square``; see :mod:`poisonlab.icons`),
     or ``path``: an image file read with Pillow (PNG alpha is used; no alpha = opaque).
-    Exactly one of them. ``size``: as for ``patch``, default 0.25; a single size is the
+    Exactly one of them. ``size``: as for ``patch``, default 0.16 (BadNets' stickers); a single size is the
     longer side of a file image (its aspect ratio is kept). Resizing is antialiased on
     premultiplied colour; an image already at the target size is used exactly.
     Grey (or other non-RGB) images get the luminance. Placement: see :class:`_Placed`.
@@ -604,7 +604,7 @@ class ImageTrigger(_Local):
 
     icon: str | None = None
     path: str | None = None
-    size: Size = 0.25
+    size: Size = 0.16
 
     def __post_init__(self) -> None:
         if self.icon is not None and self.icon not in icons.ICONS:

@@ -33,6 +33,7 @@ bias), which shifts a channel's pre-activation additively in eval mode.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
@@ -63,6 +64,7 @@ class PruningAwareConfig:
     below zero a re-inserted channel's largest clean pre-activation is pushed.
     """
 
+    layer: str | None = None
     prune: Literal["val-drop", "fraction"] = "val-drop"
     max_drop: float = 0.04
     fraction: float = 0.5
@@ -140,19 +142,29 @@ def make_dormant(model: nn.Module, layer: str, channels: list[int], clean_x: tor
 
 def pruning_aware_backdoor(model_builder: Callable[[], nn.Module], clean_train: Dataset, poisoned_train: Dataset,
                            val: Dataset | None, layer: str | None = None, cfg: PruningAwareConfig | None = None,
-                           seed: int = 0, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+                           seed: int = 0, device: torch.device | str = "cpu",
+                           clean_model: nn.Module | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Train a backdoored model that survives pruning (Liu et al. 2018, Sec. 4, steps a-d).
 
-    Returns the model (no hooks attached, eval mode) and ``info``: the layer, activation
-    point, pruned (then re-inserted) channels, validation accuracies, bias decreases and
-    the training histories.
+    ``clean_model``, when given, is an already trained clean network (e.g. the experiment's
+    baseline, trained with ``cfg.train`` on ``clean_train``): it stands in for step (a) and
+    is copied, not modified. Returns the model (no hooks attached, eval mode) and ``info``:
+    the layer, activation point, pruned (then re-inserted) channels, validation accuracies,
+    bias decreases and the training histories.
     """
     cfg = cfg or PruningAwareConfig()
     cfg.validate()
+    layer = layer if layer is not None else cfg.layer
     seed_everything(seed)
-    model = model_builder()
-    layer = resolve_layer(model, layer)
-    clean = train_model(model, clean_train, cfg.train, seed=seed, device=device, val=val, desc="clean")   # (a)
+    if clean_model is not None:
+        model = copy.deepcopy(clean_model)
+        layer = resolve_layer(model, layer)
+        clean_history: list[dict[str, float]] = []
+    else:
+        model = model_builder()
+        layer = resolve_layer(model, layer)
+        clean_history = train_model(model, clean_train, cfg.train, seed=seed, device=device, val=val,
+                                    desc="clean").history                                                # (a)
     pruned, extra = _choose_dormant(model, layer, val, cfg, device)                                       # (b)
     with ChannelMask(model, layer, cfg.mask_at) as mask:
         mask.set(pruned)
@@ -166,6 +178,29 @@ def pruning_aware_backdoor(model_builder: Callable[[], nn.Module], clean_train: 
     model.eval()
     info = {"layer": layer, "point": point, "bias_site": bias_site(model, layer)[0], "pruned": pruned,
             "n_pruned": len(pruned), "fraction_pruned": len(pruned) / get_layer(model, layer).out_channels,
-            "bias_shift": shifts, "clean_history": copy.deepcopy(clean.history),
+            "bias_shift": shifts, "clean_history": copy.deepcopy(clean_history),
             "poison_history": copy.deepcopy(poisoned.history)} | extra
     return model, info
+
+
+def pruning_aware_config(raw: dict[str, Any] | None, train: TrainConfig) -> PruningAwareConfig:
+    """The validated :class:`PruningAwareConfig` of an experiment's ``pruning_aware:`` section.
+
+    Step (a) trains like the experiment (``train``); ``retrain:`` holds only the keys of
+    step (c) that differ from ``train`` (e.g. ``{epochs: 10, lr: 0.01}``).
+    """
+    from ..config import from_dict
+
+    data = dict(raw or {})
+    if "train" in data:
+        raise PoisonlabError("pruning_aware.train is the experiment's train: section; set step (c) under "
+                             "pruning_aware.retrain")
+    retrain = data.pop("retrain", None)
+    if retrain is not None and not isinstance(retrain, dict):
+        raise PoisonlabError(f"pruning_aware.retrain must be a mapping of train: keys, got {retrain!r}")
+    cfg = from_dict(PruningAwareConfig, data, "pruning_aware")
+    cfg.train = train
+    if retrain:
+        cfg.retrain = from_dict(TrainConfig, {**dataclasses.asdict(train), **retrain}, "pruning_aware.retrain")
+    cfg.validate()
+    return cfg
