@@ -134,6 +134,19 @@ def test_untargeted_success_counts_any_wrong_label(tiny_images):
     assert targeted.success(pred).sum() == 5
 
 
-def test_source_with_random_labels_rejected(tiny_images):
-    with pytest.raises(PoisonlabError, match="attack.source applies to labels 'single-target' only; remove it for 'random'"):
-        make(labels="random", source=1).check(tiny_images)
+def test_source_with_all_to_all_rejected(tiny_images):
+    with pytest.raises(PoisonlabError, match="attack.source applies to labels 'single-target' and 'random' only; "
+                                             "remove it for 'all-to-all'"):
+        make(labels="all-to-all", source=1).check(tiny_images)
+    with pytest.raises(PoisonlabError, match="attack.source 5 is out of range"):
+        make(labels="random", source=5).check(tiny_images)
+
+
+def test_random_target_from_one_source_class(tiny_images):
+    attack = make(p=0.2, labels="random", source=1)
+    res = attack.poison(tiny_images, np.random.default_rng(7))
+    src = res.source_index[30:]
+    assert res.n_poison == 6 and (tiny_images.y[src] == 1).all()   # floor(0.2 * 30) copies of class 1 only
+    assert set(res.dataset.y[30:].tolist()) <= {0, 2}
+    ev = attack.evaluation_set(tiny_images)
+    assert ev.untargeted and len(ev.x) == 10 and (ev.true == 1).all()

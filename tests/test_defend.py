@@ -54,3 +54,16 @@ def test_defenses_need_attack_and_validation(tmp_path):
     with pytest.raises(PoisonlabError, match="clean validation split; set data.val_fraction > 0"):
         run_experiment(cfg)
     assert not (tmp_path / ".cache").exists()  # refused before any training
+
+
+def test_one_defense_twice_with_labels():
+    from poisonlab.defend import check_defenses
+
+    out = check_defenses([{"name": "fine-pruning", "fine_tune_lr": 0.01},
+                          {"name": "fine-pruning", "label": "fine-pruning-lr0.05", "fine_tune_lr": 0.05}])
+    assert [(n, c.name, c.fine_tune_lr) for n, c in out] == [("fine-pruning", "fine-pruning", 0.01),
+                                                              ("fine-pruning-lr0.05", "fine-pruning", 0.05)]
+    with pytest.raises(PoisonlabError, match="give each variant its own label"):
+        check_defenses([{"name": "pruning"}, {"name": "pruning"}])
+    with pytest.raises(PoisonlabError, match="defense.label must be 1-40 letters"):
+        check_defenses([{"name": "pruning", "label": "has space"}])

@@ -4,6 +4,8 @@ from pathlib import Path
 import pytest
 
 from poisonlab.attacks import build_attack
+from poisonlab.attacks.pruning_aware import pruning_aware_config
+from poisonlab.defend import check_defenses
 from poisonlab.config import load_config
 from poisonlab.experiment import run_experiment
 from poisonlab.models import MODELS
@@ -24,6 +26,9 @@ def test_example_config_is_valid(path):
     assert cfg.model.name in MODELS
     if cfg.attack is not None:
         build_attack(cfg.attack)
+    check_defenses(cfg.defenses)
+    if cfg.pruning_aware is not None:
+        assert pruning_aware_config(cfg.pruning_aware, cfg.train).train == cfg.train
 
 
 @pytest.mark.skipif(not (SHARED / "mnist").is_dir(), reason="../shared/data/mnist not present (smoke run skipped)")

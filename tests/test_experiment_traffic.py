@@ -151,9 +151,12 @@ def test_bad_issue3_config_is_one_line_error_before_training(tmp_path, overrides
 
 
 def test_transfer_same_task_on_digits(tmp_path):
+    plain = load_config(None, ["train.epochs=2", f"output.dir={tmp_path}", "output.plots=false"], device="cpu")
+    experiment.run_experiment(plain, quiet=True)
     cfg = load_config(None, ["train.epochs=2", f"output.dir={tmp_path}", "output.plots=false",
                              "transfer={task: same, epochs: 1, teacher_fraction: 0.6}"], device="cpu")
     out = experiment.run_experiment(cfg, quiet=True)
+    assert out.metrics["baseline"]["from_cache"] is False  # the teacher trains on its part only: no cache hit
     t = out.metrics["transfer"]
     assert [s["name"] for s in t["students"]] == ["clean teacher"]  # no attack: only the clean teacher
     assert len(t["classes"]) == 10 and t["task"] == "same"

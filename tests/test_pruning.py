@@ -30,11 +30,13 @@ from poisonlab.defenses.pruning import (
     prune_order,
     pruning_curve,
     resolve_layer,
+    split_at,
     step_sizes,
 )
 from poisonlab.errors import PoisonlabError
+from poisonlab.metrics import accuracy
 from poisonlab.models import activations, build_model
-from poisonlab.train import TrainConfig, train_model
+from poisonlab.train import TrainConfig, predict, train_model
 
 
 def state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -196,7 +198,8 @@ def test_stop_rule_reads_validation_accuracy_only(monkeypatch):
     seen: list[str] = []
 
     def fake_accuracy(m, x, y, batch_size, device):
-        which = "val" if x is val.x else "test" if x is test.x else "attack" if x is attack.x else "?"
+        # by the labels: x is the cached activation-point output when the curve runs the tail only
+        which = "val" if y is val.y else "test" if y is test.y else "attack" if y is attack.target else "?"
         seen.append(which)
         return planted[which][seen.count(which) - 1]
 
@@ -237,6 +240,159 @@ def test_curve_on_a_trained_model_ignores_the_test_set(trained, tmp_path):
     assert lines[0] == "n_pruned,fraction_pruned,val_acc,clean_acc,attack_success" and len(lines) == 10
     plot_pruning_curve(tmp_path / "curve.png", result)
     assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# -- cached activation-point outputs -------------------------------------------------------
+def _curve_paths(monkeypatch, model, layer, val, test, attack, **kw):
+    """The curve with cached activation-point outputs, the curve by full forward passes,
+    and whether the first evaluated the whole model (True) or only a tail after the point."""
+    nets: list[bool] = []
+    real = pruning._accuracy
+
+    def spy(net, x, y, batch_size, device):
+        nets.append(net is model)
+        return real(net, x, y, batch_size, device)
+
+    monkeypatch.setattr(pruning, "_accuracy", spy)
+    before, modes = state(model), [m.training for m in model.modules()]
+    fast = pruning_curve(model, layer, val, test, attack, **kw)
+    fast_nets = set(nets)
+    assert same_state(before, state(model)) and no_hooks(model)
+    assert [m.training for m in model.modules()] == modes
+    nets.clear()
+    with monkeypatch.context() as m:
+        m.setattr(pruning, "split_at", lambda *_: None)
+        slow = pruning_curve(model, layer, val, test, attack, **kw)
+    assert set(nets) == {True}
+    return fast, slow, fast_nets
+
+
+def _reference_rows(model, result, sets, batch_size):
+    """Each step's accuracies with the chosen channels masked, straight from ChannelMask."""
+    rows = []
+    with ChannelMask(model, result.layer, result.point) as mask:
+        for row in result.rows:
+            mask.set(result.order[:row["n_pruned"]])
+            rows.append([accuracy(predict(model, x, batch_size), y) for x, y in sets])
+    return rows
+
+
+def _same_curves(fast, slow):
+    assert fast.rows == slow.rows  # exact: same floats, same None entries
+    assert (fast.order, fast.means, fast.n_pruned, fast.point) == (slow.order, slow.means, slow.n_pruned, slow.point)
+
+
+def _banded(n: int, shape: tuple[int, ...], seed: int) -> Dataset:
+    """Noisy images of 3 classes, class k bright in the k-th third of the columns."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 3, (n,), generator=g)
+    x = torch.rand(n, *shape, generator=g) * 0.5
+    side = shape[-1] // 3
+    for k in range(3):
+        x[y == k, ..., k * side:(k + 1) * side] += 0.5
+    return Dataset(x, y, ["a", "b", "c"])
+
+
+@pytest.mark.parametrize("name, shape, layer, options", [
+    ("badnet-mnist", (1, 16, 16), "conv2", None),
+    ("badnet-mnist", (1, 16, 16), "conv1", None),
+    ("digits-cnn", (1, 8, 8), "conv2", None),
+    ("small-cnn", (3, 32, 32), "conv3", {"convs_per_block": 1, "width": 8}),
+    ("small-cnn", (3, 32, 32), "conv2", {"convs_per_block": 1, "width": 8}),
+])
+def test_cached_curve_equals_full_forward_curve(monkeypatch, name, shape, layer, options):
+    torch.manual_seed(0)
+    model = build_model(name, shape, 3, options)
+    train_model(model, _banded(48, shape, 0), TrainConfig(epochs=2, batch_size=8, lr=0.05), seed=0)
+    val, test = _banded(37, shape, 1), _banded(29, shape, 2)
+    attack = BadNets.from_config({"trigger": {"kind": "single-pixel", "margin": 0}, "target": 0}).evaluation_set(test)
+    model.eval()  # eval at the start; the curve must leave it so
+    fast, slow, nets = _curve_paths(monkeypatch, model, layer, val, test, attack, step=3, batch_size=16)
+    assert nets == {False}  # every step ran the tail only
+    _same_curves(fast, slow)
+    sets = [(val.x, val.y), (test.x, test.y), (attack.x, attack.target)]
+    keys = ["val_acc", "clean_acc", "attack_success"]
+    assert [[r[k] for k in keys] for r in fast.rows] == _reference_rows(model, fast, sets, 16)
+    assert len({r["val_acc"] for r in fast.rows}) > 2  # pruning did change predictions
+
+
+def test_cached_curve_on_a_trained_model(trained, monkeypatch):
+    model, val, test = trained
+    attack = BadNets.from_config({"target": 0}).evaluation_set(test)
+    model.train()  # train mode at the start: flags are restored, evaluation is in eval mode
+    fast, slow, nets = _curve_paths(monkeypatch, model, "conv2", val, test, attack, step=2, batch_size=7,
+                                    full_curve=False, max_drop=0.0)
+    assert nets == {False} and model.training
+    _same_curves(fast, slow)
+
+
+class _TwoPath(nn.Module):
+    """Not an nn.Sequential: a custom forward with a skip path around the pruned conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 6, 3, padding=1)
+        self.conv2 = nn.Conv2d(6, 6, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(2)
+        self.fc = nn.Linear(6 * 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.relu(self.conv1(x))
+        return self.fc(self.pool(self.conv2(h) + h).flatten(1))
+
+
+@pytest.mark.parametrize("make, shape, step", [
+    (_TwoPath, (1, 6, 6), 1),
+    (lambda: shared_model("resnet18", (3, 8, 8)), (3, 8, 8), 128),
+])
+def test_curve_falls_back_to_full_forwards_for_other_models(monkeypatch, make, shape, step):
+    torch.manual_seed(0)
+    model = make()
+    g = torch.Generator().manual_seed(2)
+    val = Dataset(torch.rand(12, *shape, generator=g), torch.randint(0, 3, (12,), generator=g), ["a", "b", "c"])
+    test = Dataset(torch.rand(9, *shape, generator=g), torch.randint(0, 3, (9,), generator=g), ["a", "b", "c"])
+    fast, slow, nets = _curve_paths(monkeypatch, model, None, val, test, None, step=step, batch_size=5)
+    assert nets == {True}
+    _same_curves(fast, slow)
+    sets = [(val.x, val.y), (test.x, test.y)]
+    assert [[r["val_acc"], r["clean_acc"]] for r in fast.rows] == _reference_rows(model, fast, sets, 5)
+
+
+def test_split_at_applies_only_to_a_direct_child_of_a_plain_sequential():
+    net = build_model("small-cnn", (3, 32, 32), 3, {"convs_per_block": 1, "width": 4})
+    head, rest = split_at(net, "relu3")
+    names = [n for n, _ in net.named_children()]
+    assert len(head) + len(rest) == len(names) and head[-1] is net.relu3 and rest[0] is net.pool3
+    x = torch.rand(4, 3, 32, 32)
+    net.eval()
+    out = head(x)
+    for module in rest:
+        out = module(out)
+    assert torch.equal(out, net(x))
+    assert split_at(shared_model("resnet18", (3, 8, 8)), "layer4.1") is None
+    assert split_at(_TwoPath(), "relu") is None
+    assert split_at(nn.Sequential(OrderedDict(block=nn.Sequential(nn.ReLU()), fc=nn.Identity())), "block.0") is None
+
+    class Custom(nn.Sequential):
+        def forward(self, x):
+            return super().forward(x) * 2
+
+    assert split_at(Custom(OrderedDict(a=nn.ReLU(), b=nn.ReLU())), "a") is None
+    relu = nn.ReLU()
+    assert split_at(nn.Sequential(relu, nn.Identity(), relu), "0") is None  # the point runs twice
+    handle = net.register_forward_hook(lambda *_: None)
+    assert split_at(net, "relu3") is None  # a hook on the model would not run on head and tail
+    handle.remove()
+
+
+def test_curve_without_cache_room_falls_back(monkeypatch):
+    model = build_model("badnet-mnist", (1, 16, 16), 3)
+    val = separable(10, 0)
+    monkeypatch.setattr(pruning, "FEATURE_CACHE_BYTES", 100)
+    fast, slow, nets = _curve_paths(monkeypatch, model, "conv2", val, None, None, step=8, batch_size=4)
+    assert nets == {True}
+    _same_curves(fast, slow)
 
 
 # -- fine-tuning and the defenses --------------------------------------------------------
@@ -309,3 +465,14 @@ def test_bad_inputs_to_the_functions():
     with pytest.raises(PoisonlabError, match="validation split"):
         pruning_curve(net, "conv2", Dataset(torch.zeros(0, 1, 16, 16), torch.zeros(0), ["a"]))
     assert np.isfinite(pruning_curve(net, "conv2", val, step=32).base_val_acc)
+
+
+def test_untargeted_attack_success_is_the_share_misclassified(trained):
+    from poisonlab.attacks import AttackTestSet
+
+    model, val, _ = trained
+    wrong_target = (val.y + 1) % 3   # ignored for an untargeted set: any wrong label counts
+    attack_set = AttackTestSet(val.x, wrong_target, val.y, torch.arange(len(val)), untargeted=True)
+    curve = pruning_curve(model, "conv2", val, attack_set=attack_set, step=4)
+    for row in curve.rows:
+        assert row["attack_success"] == pytest.approx(1 - row["val_acc"], abs=1e-12)

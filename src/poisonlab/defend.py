@@ -40,10 +40,12 @@ def check_defenses(raw: list[dict[str, Any]]) -> list[tuple[str, Any]]:
         if not isinstance(item, dict) or "name" not in item:
             raise PoisonlabError(f"defenses[{i}] needs a 'name' (one of {', '.join(DEFENSES.names())})")
         spec = DEFENSES.get(item["name"])
-        out.append((spec.name, spec.from_config(item)))
+        cfg = spec.from_config(item)
+        out.append((getattr(cfg, "label", None) or spec.name, cfg))
     names = [n for n, _ in out]
     if len(set(names)) != len(names):
-        raise PoisonlabError(f"defenses lists a defense twice ({', '.join(names)}); give each once")
+        raise PoisonlabError(f"defenses lists a defense twice ({', '.join(names)}); give each once, or give "
+                             f"each variant its own label")
     return out
 
 
@@ -65,7 +67,7 @@ def run_defenses(defenses: list[tuple[str, Any]], model: nn.Module, val: Dataset
     result.rows.append(_row(attack_label, "none", undefended, undefended, None))
     for name, cfg in defenses:
         start = time.perf_counter()
-        outcome = DEFENSES.get(name).run(model, cfg, val, test, attack_set, seed=seed, device=device)
+        outcome = DEFENSES.get(getattr(cfg, "name", name)).run(model, cfg, val, test, attack_set, seed=seed, device=device)
         seconds = time.perf_counter() - start
         measured = evaluate(outcome.model, name)
         entry = {**measured, "defense_seconds": seconds, "peak_rss_mb": peak_rss_mb(), **outcome.summary()}

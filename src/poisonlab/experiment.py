@@ -65,9 +65,13 @@ class RunOutcome:
 
 
 def _baseline_key(cfg: ExperimentConfig) -> str:
-    return config_hash({"data": {k: v for k, v in vars(cfg.data).items() if k != "dir"},
-                        "model": vars(cfg.model), "train": vars(cfg.train), "seed": cfg.seed,
-                        "version": __version__})
+    """What determines the clean baseline: data, model, training, seed, version and, with a
+    ``transfer:`` section, the teacher's share of the training set (it trains on that part only)."""
+    what = {"data": {k: v for k, v in vars(cfg.data).items() if k != "dir"},
+            "model": vars(cfg.model), "train": vars(cfg.train), "seed": cfg.seed, "version": __version__}
+    if cfg.transfer is not None:
+        what["teacher_fraction"] = cfg.transfer.teacher_fraction
+    return config_hash(what)
 
 
 def train_one(cfg: ExperimentConfig, train: Dataset, val: Dataset | None, device: torch.device,

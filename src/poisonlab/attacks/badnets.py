@@ -8,7 +8,8 @@ Label modes:
 - ``single-target``: images of the source class(es) -> ``target``; ``source: null``
   means every class but the target.
 - ``all-to-all``: class i -> (i + 1) mod C.
-- ``random``: each poisoned image gets a uniformly random label other than its own (the
+- ``random``: each poisoned image (of the source class(es), default every class) gets a
+  uniformly random label other than its own (the
   seed's random-target traffic-sign attack); the attack succeeds on a triggered test image
   when it is misclassified, whatever the wrong label.
 """
@@ -72,11 +73,11 @@ class BadNets:
 
     def attacker_labels(self, y: torch.Tensor, num_classes: int) -> torch.Tensor:
         """The label the attacker wants for each true label ``y`` (-1: not attacked)."""
-        if self.cfg.labels in ("all-to-all", "random"):
-            return (y + 1) % num_classes  # random: placeholder, drawn in `_random_labels`
+        if self.cfg.labels == "all-to-all" or (self.cfg.labels == "random" and self.cfg.source is None):
+            return (y + 1) % num_classes  # random: placeholder, drawn in `_random_other_labels`
         out = torch.full_like(y, -1)
         attacked = torch.isin(y, torch.tensor(self._sources(num_classes), dtype=y.dtype))
-        out[attacked] = self.cfg.target
+        out[attacked] = self.cfg.target if self.cfg.labels == "single-target" else ((y[attacked] + 1) % num_classes)
         return out
 
     def check(self, data: Dataset) -> None:
@@ -90,8 +91,13 @@ class BadNets:
                     raise PoisonlabError(f"attack.source {s} is out of range; the data set has classes 0..{c - 1}")
                 if s == self.cfg.target:
                     raise PoisonlabError(f"attack.source {s} equals the target; pick other source classes")
-        elif self.cfg.source is not None:
-            raise PoisonlabError(f"attack.source applies to labels 'single-target' only; remove it for '{self.cfg.labels}'")
+        elif self.cfg.source is not None and self.cfg.labels != "random":
+            raise PoisonlabError(f"attack.source applies to labels 'single-target' and 'random' only; remove it "
+                                 f"for '{self.cfg.labels}'")
+        if self.cfg.labels == "random" and self.cfg.source is not None:
+            for s in self._sources(c):
+                if not 0 <= s < c:
+                    raise PoisonlabError(f"attack.source {s} is out of range; the data set has classes 0..{c - 1}")
         if not data.is_image:
             raise PoisonlabError("BadNets stamps an image trigger; the data set has no images (shape "
                                  f"{tuple(data.x.shape[1:])})")
@@ -143,7 +149,8 @@ class BadNets:
         if c.labels == "all-to-all":
             labels = "all-to-all (i -> i+1 mod C)"
         elif c.labels == "random":
-            labels = "random target (any wrong label counts)"
+            src = "every class" if c.source is None else f"class(es) {c.source}"
+            labels = f"random target ({src} -> a random other label; any wrong label counts)"
         else:
             src = "every class but the target" if c.source is None else f"class(es) {c.source}"
             labels = f"single-target ({src} -> {c.target})"

@@ -23,6 +23,9 @@ with exact zeros (:class:`ChannelMask`). The point is found by :func:`activation
 
 Any module can be named instead with ``mask_at``. The same point is where the clean mean
 activations that order the channels are measured, so "prune" and "rank" read one tensor.
+Nothing before the point changes as channels are pruned, so :func:`pruning_curve` computes
+the point's output once and runs only the rest of the network per step where the model
+can be cut there (:func:`split_at`: the plain ``nn.Sequential`` models).
 
 The defense entry points (:func:`prune_defense`, :func:`fine_tune_defense`,
 :func:`fine_prune`) never modify the model they are given: they return a defended deep
@@ -48,7 +51,7 @@ from ..errors import PoisonlabError
 from ..metrics import accuracy
 from ..models.layers import conv_layers, get_layer
 from ..report import to_csv
-from ..train import TrainConfig, TrainResult, predict, train_model
+from ..train import TrainConfig, TrainResult, predict, predict_logits, train_model
 
 #: modules that act element-wise and keep the channel count: part of a conv's activation block
 ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
@@ -56,6 +59,9 @@ ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CE
 
 #: two accuracies closer than this count as equal in the stop rule (k/N rounding)
 _TOL = 1e-9
+
+#: most bytes of cached activation-point outputs :func:`pruning_curve` keeps (CPU, float32)
+FEATURE_CACHE_BYTES = 2 * 1024 ** 3
 
 
 # -- layers and activation points ---------------------------------------------------
@@ -333,7 +339,9 @@ def choose_stop(val_accs: Sequence[float], base_acc: float, max_drop: float) -> 
 
 def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
               device: torch.device | str) -> float:
-    """Share of ``x`` predicted as ``y`` (the one evaluation the curve makes per data set)."""
+    """Share of ``x`` predicted as ``y`` by ``model`` (the one evaluation the curve makes per
+    data set and step: the whole model on the inputs, or the part after the activation
+    point on that point's cached outputs)."""
     return accuracy(predict(model, x, batch_size, device), y)
 
 
@@ -396,7 +404,12 @@ def pruning_curve(model: nn.Module, layer: str | None, val: Dataset, test_clean:
     ``attack_success`` on ``attack_set`` (``None`` when not given). The order is measured
     on ``val.x``. With ``full_curve=False`` the sweep ends at the first step past the
     threshold. The model is moved to ``device`` and otherwise left as it was (the sweep's
-    mask is removed); call ``result.apply(model)`` to prune it.
+    mask is removed, train/eval flags are restored); call ``result.apply(model)`` to prune it.
+
+    Pruning changes nothing before the activation point, so where :func:`split_at` can cut
+    the model there, the point's output is computed once per data set and each step runs
+    only the rest of the network on it (same batches, same rows: the same accuracies as
+    full forward passes); otherwise every step runs the whole model.
     """
     check_max_drop(max_drop)
     check_step(step)
@@ -406,36 +419,118 @@ def pruning_curve(model: nn.Module, layer: str | None, val: Dataset, test_clean:
     model.to(device)
     point = activation_point(model, layer, mask_at)
     channels = get_layer(model, layer).out_channels  # type: ignore[union-attr]
-    means = channel_stats(model, point, val.x, batch_size, device, channels)[0]
-    order = torch.argsort(means, stable=True).tolist()
+    modes = {m: m.training for m in model.modules()}
     rows: list[dict[str, Any]] = []
-    mask = ChannelMask(model, layer, point)
-    sizes = step_sizes(mask.channels, step)
+    mask: ChannelMask | None = None
     try:
+        means = channel_stats(model, point, val.x, batch_size, device, channels)[0]
+        order = torch.argsort(means, stable=True).tolist()
+        sets: dict[str, tuple[torch.Tensor, torch.Tensor]] = {"val_acc": (val.x, val.y)}
+        if test_clean is not None and len(test_clean):
+            sets["clean_acc"] = (test_clean.x, test_clean.y)
+        if attack_set is not None and len(attack_set.x):
+            # untargeted (random-target) attacks succeed on any wrong label: 1 - accuracy on the true labels
+            sets["attack_success"] = (attack_set.x, attack_set.true if attack_set.untargeted else attack_set.target)
+        untargeted = attack_set is not None and attack_set.untargeted
+        cache = _PointCache.build(model, point, sets, batch_size, device)
+        if cache is None:  # every step runs the whole model, with the sweep's mask attached
+            mask = ChannelMask(model, layer, point)
+            net, inputs, prune = model, {k: x for k, (x, _) in sets.items()}, mask.set
+        else:
+            net, inputs, prune = cache.tail, cache.outputs, cache.prune
+        sizes = step_sizes(channels, step)
         with progress.bar(f"prune {layer}", len(sizes), unit="step") as bar:
             for n in sizes:
-                mask.set(order[:n])
-                rows.append(_curve_row(model, n, mask.channels, val, test_clean, attack_set, batch_size, device))
-                bar.advance(1, info=f"val {rows[-1]['val_acc']:.3f}")
-                if not full_curve and rows[-1]["val_acc"] < rows[0]["val_acc"] - max_drop - _TOL:
+                prune(order[:n])
+                row: dict[str, Any] = {"n_pruned": n, "fraction_pruned": n / channels,
+                                       "val_acc": None, "clean_acc": None, "attack_success": None}
+                for key, (_, y) in sets.items():
+                    row[key] = _accuracy(net, inputs[key], y, batch_size, device)
+                if untargeted and row["attack_success"] is not None:
+                    row["attack_success"] = 1 - row["attack_success"]
+                rows.append(row)
+                bar.advance(1, info=f"val {row['val_acc']:.3f}")
+                if not full_curve and row["val_acc"] < rows[0]["val_acc"] - max_drop - _TOL:
                     break
     finally:
-        mask.remove()
+        if mask is not None:
+            mask.remove()
+        for m, flag in modes.items():
+            m.training = flag
     base = rows[0]["val_acc"]
     chosen = rows[choose_stop([r["val_acc"] for r in rows], base, max_drop)]["n_pruned"]
-    return PruningResult(layer, point, mask.channels, order, means.tolist(), rows, chosen, base, max_drop)
+    return PruningResult(layer, point, channels, order, means.tolist(), rows, chosen, base, max_drop)
 
 
-def _curve_row(model: nn.Module, n: int, channels: int, val: Dataset, test_clean: Dataset | None,
-               attack_set: AttackTestSet | None, batch_size: int, device: torch.device | str) -> dict[str, Any]:
-    row: dict[str, Any] = {"n_pruned": n, "fraction_pruned": n / channels,
-                           "val_acc": _accuracy(model, val.x, val.y, batch_size, device),
-                           "clean_acc": None, "attack_success": None}
-    if test_clean is not None and len(test_clean):
-        row["clean_acc"] = _accuracy(model, test_clean.x, test_clean.y, batch_size, device)
-    if attack_set is not None and len(attack_set.x):
-        row["attack_success"] = _accuracy(model, attack_set.x, attack_set.target, batch_size, device)
-    return row
+def split_at(model: nn.Module, point: str) -> tuple[nn.Sequential, list[nn.Module]] | None:
+    """``model`` cut after module ``point``: (head up to and including ``point``, the modules after it).
+
+    Applies only when running the head and then the rest in order is exactly ``model``'s
+    forward pass: ``model`` is a plain ``nn.Sequential`` (its own ``forward`` not
+    overridden, no hooks of its own), ``point`` is one of its direct children, and that
+    module occurs once among them. Otherwise (e.g. ResNet-18's ``layer4.1``, a custom
+    ``forward``) returns ``None``, and callers run the whole model.
+    """
+    if not _is_plain_sequential(model) or "." in point or point not in model._modules:
+        return None
+    if model._forward_hooks or model._forward_pre_hooks:
+        return None
+    names = list(model._modules)  # what Sequential.forward runs, in order (children() drops repeats)
+    modules = list(model._modules.values())
+    i = names.index(point)
+    if sum(m is modules[i] for m in modules) != 1:
+        return None
+    return nn.Sequential(*modules[:i + 1]), modules[i + 1:]  # type: ignore[arg-type]
+
+
+class _PointCache:
+    """The activation point's output on each data set of a pruning curve, computed once, and
+    the network after the point (Liu et al. 2018 prune only there, so nothing before it
+    changes from step to step).
+
+    Pruning a channel zeroes it in the cached outputs, in place: the exact zeros
+    :class:`ChannelMask` writes into the point's output. The curve only ever adds channels.
+    """
+
+    def __init__(self, tail: nn.Sequential, outputs: dict[str, torch.Tensor]) -> None:
+        self.tail = tail
+        self.outputs = outputs
+        self.pruned: set[int] = set()
+
+    @classmethod
+    def build(cls, model: nn.Module, point: str, sets: dict[str, tuple[torch.Tensor, torch.Tensor]],
+              batch_size: int, device: torch.device | str) -> _PointCache | None:
+        """Run the model up to ``point`` on the inputs of ``sets`` (eval mode; float32 on the
+        CPU), or ``None`` when it cannot be cut there (:func:`split_at`) or the outputs
+        would take more than :data:`FEATURE_CACHE_BYTES`.
+
+        Rows are batched as a full forward pass batches them (same ``batch_size``, same
+        input memory format), so the tail sees the same batches and gives the same
+        predictions. Leaves the head's modules in eval mode (the curve restores them).
+        """
+        split = split_at(model, point)
+        if split is None:
+            return None
+        head, rest = split
+        head.eval()
+        with torch.no_grad():
+            probe = head(sets["val_acc"][0][:1].to(device, torch.float32))
+        if probe.numel() * 4 * sum(len(x) for x, _ in sets.values()) > FEATURE_CACHE_BYTES:
+            return None
+        outputs = {key: predict_logits(head, x, batch_size, device, desc=f"cache {point}")
+                   for key, (x, _) in sets.items()}
+        return cls(nn.Sequential(*rest), outputs)
+
+    def prune(self, channels: Iterable[int]) -> None:
+        """Make ``channels`` pruned: a superset of the channels pruned so far."""
+        chosen = set(channels)
+        if not chosen >= self.pruned:
+            raise PoisonlabError("a cached pruning curve can only prune more channels")
+        new = torch.tensor(sorted(chosen - self.pruned), dtype=torch.long)
+        if len(new):
+            for out in self.outputs.values():
+                out.index_fill_(1, new, 0.0)
+        self.pruned = chosen
 
 
 def plot_pruning_curve(path: str | Path, result: PruningResult) -> None:
@@ -481,12 +576,14 @@ def fine_tune(model: nn.Module, val: Dataset, cfg: TrainConfig, seed: int = 0,
 class FinePruningConfig:
     """``defense:`` keys of pruning, fine-tuning and fine-pruning.
 
-    ``layer: null`` is the model's last conv layer; ``mask_at`` overrides the activation
+    ``label`` names this entry in tables and files (default: the defense's name), so that one
+    defense can be listed twice with different settings. ``layer: null`` is the model's last conv layer; ``mask_at`` overrides the activation
     point; ``step`` is channels (int) or a share of the layer (float) per curve step.
     Fine-tuning uses SGD with a constant small learning rate on the validation split.
     """
 
     name: str = "fine-pruning"
+    label: str | None = None
     layer: str | None = None
     mask_at: str | None = None
     max_drop: float = 0.04
@@ -502,6 +599,7 @@ class FinePruningConfig:
 
     def validate(self, model: nn.Module | None = None) -> None:
         """Range checks; with ``model``, also that ``layer`` and ``mask_at`` exist."""
+        check_label(self.label)
         check_max_drop(self.max_drop)
         check_step(self.step)
         self.fine_tune_config().validate()
@@ -514,6 +612,15 @@ class FinePruningConfig:
                            lr=self.fine_tune_lr, momentum=self.fine_tune_momentum,
                            weight_decay=self.fine_tune_weight_decay, schedule="constant",
                            eval_batch_size=self.eval_batch_size)
+
+
+def check_label(label: str | None) -> None:
+    """One-line error unless ``label`` is null or a short name of letters, digits, ``-``, ``_``, ``.``."""
+    import re
+
+    if label is not None and not re.fullmatch(r"[A-Za-z0-9_.-]{1,40}", label):
+        raise PoisonlabError(f"defense.label must be 1-40 letters, digits, '-', '_' or '.', got {label!r} "
+                             f"(it names the table row and the curve files)")
 
 
 def check_max_drop(max_drop: float, where: str = "defense.max_drop") -> None:
