@@ -18,7 +18,7 @@ from poisonlab.data.splits import carve_validation
 from poisonlab.defenses import channel_means
 from poisonlab.errors import PoisonlabError
 from poisonlab.models import build_model
-from poisonlab.store import load_weights
+from poisonlab.store import list_runs, load_weights
 
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_data import signs43  # noqa: E402
@@ -72,8 +72,11 @@ def test_backdoor_neurons_are_in_the_run(run):
 
 
 def test_pruning_aware_attack_and_defense_table(run):
-    out, _ = run
+    out, out_dir = run
     pa = out.metrics["pruning_aware"]
+    summary = next(r["summary"] for r in list_runs(out_dir) if r["id"] == out.run_id)
+    assert summary["pruning_aware_attack_success"] == pa["attack_success_rate"]
+    assert summary["pruning_aware_fine-pruning_attack_success"] == pa["defenses"]["fine-pruning"]["attack_success_rate"]
     assert pa["n_pruned"] > 0 and pa["n_pruned"] == len(pa["pruned"])
     assert set(pa["defenses"]) == {"pruning", "fine-pruning"} and set(out.metrics["defenses"]) == {"pruning", "fine-pruning"}
     # re-inserted channels stay dormant on clean training data (saved weights, fresh model)

@@ -339,6 +339,14 @@ def summarize(metrics: dict[str, Any]) -> dict[str, Any]:
         out.update({"badnet_clean_acc": metrics["badnet"]["clean_accuracy"],
                     "attack_success": metrics["badnet"].get("attack_success_rate"),
                     "n_poison": metrics["attack"]["n_poison"]})
+    if "pruning_aware" in metrics:
+        out["pruning_aware_attack_success"] = metrics["pruning_aware"].get("attack_success_rate")
+    for model_key, prefix in (("badnet", ""), ("pruning_aware", "pruning_aware_")):
+        for name, d in metrics.get(model_key, {}).get("defenses", {}).items():
+            out[f"{prefix}{name}_attack_success"] = d.get("attack_success_rate")
+    if "transfer" in metrics:
+        for s in metrics["transfer"]["students"]:
+            out[f"student {s['name']}"] = [round(s["clean_accuracy"], 4), round(s["backdoor_accuracy"], 4)]
     out["seconds"] = metrics["time"]["total_seconds"]
     return out
 
