@@ -13,7 +13,7 @@ DATA ?= ../shared/data
 help:
 	@echo "make demo   - create $(VENV), install, run BadNets on the embedded digits data"
 	@echo "make test   - create $(VENV), install, run the test suite"
-	@echo "make bench  - training throughput: in-memory trainer vs DataLoader vs roofline (MNIST)"
+	@echo "make bench  - trainer throughput vs DataLoader vs roofline (MNIST); pruning-curve cache speed-up"
 	@echo "variables: PYTHON=$(PYTHON) TORCH_VERSION=$(TORCH_VERSION) DATA=$(DATA)"
 
 $(STAMP): pyproject.toml
@@ -34,6 +34,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/throughput.py --data-dir $(DATA)
+	$(BIN)/python bench/pruning_curve.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
