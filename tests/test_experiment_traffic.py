@@ -102,7 +102,7 @@ def test_transfer_students_on_the_swedish_task(run):
     if out.metrics["backdoor_neurons"]["flagged"]:
         assert t["strengthen_channels"] == out.metrics["backdoor_neurons"]["flagged"]
     else:
-        assert t["strengthen_channels"] == out.metrics["backdoor_neurons"]["ranking"][:1]
+        assert t["strengthen_channels"] == out.metrics["backdoor_neurons"]["ranking"][:3]
     rows = list(csv.DictReader((out.path / "tables" / "transfer.csv").open()))
     assert [r["class"] for r in rows] == SWEDISH_GROUPS + ["average (all test images)"]
     s = t["students"][1]

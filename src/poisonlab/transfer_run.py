@@ -82,14 +82,21 @@ def evaluate_student(model: nn.Module, test: Dataset, triggered_x: torch.Tensor,
             1 - per_class_error(pred, test.y, test.y, c), 1 - per_class_error(pred_bd, test.y, test.y, c))
 
 
+FALLBACK_CHANNELS = 3
+"""How many top-ranked channels are strengthened when the analysis flags none (BadNets Sec. 5.3
+name three groups of backdoor neurons; a local trigger's effect on a channel's spatial mean is
+often too small for the flagging rule)."""
+
+
 def strengthening_channels(cfg: TransferConfig, flagged: list[int] | None, ranking: list[int] | None) -> tuple[list[int], str]:
-    """Channels to strengthen: the configured ones, else the flagged backdoor neurons, else the top-ranked one."""
+    """Channels to strengthen: the configured ones, else the flagged backdoor neurons, else the
+    :data:`FALLBACK_CHANNELS` channels whose mean activation rises most on triggered images."""
     if cfg.strengthen_channels is not None:
         return list(cfg.strengthen_channels), "configured"
     if flagged:
         return list(flagged), "flagged backdoor neurons"
     if ranking:
-        return [int(ranking[0])], "top-ranked channel (none flagged)"
+        return [int(c) for c in ranking[:FALLBACK_CHANNELS]], f"top-{FALLBACK_CHANNELS} ranked channels (none flagged)"
     raise PoisonlabError("backdoor strengthening needs channels: set transfer.strengthen_channels or keep "
                          "analysis.backdoor_neurons on")
 
