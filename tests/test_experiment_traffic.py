@@ -166,3 +166,14 @@ def test_transfer_same_task_on_digits(tmp_path):
     assert out.metrics["data"]["train"] == t["teacher_train"] and t["student_train"] > 0
     assert t["students"][0]["clean_accuracy"] == t["students"][0]["backdoor_accuracy"]  # no trigger to stamp
     assert torch.isfinite(torch.tensor(t["students"][0]["per_class_clean"])).all()
+
+
+def test_strengthening_channel_choice():
+    from poisonlab.transfer import TransferConfig
+    from poisonlab.transfer_run import strengthening_channels
+
+    assert strengthening_channels(TransferConfig(strengthen_channels=[4, 2]), [7], [7, 1]) == ([4, 2], "configured")
+    assert strengthening_channels(TransferConfig(), [7, 5], [7, 5, 1])[0] == [7, 5]
+    assert strengthening_channels(TransferConfig(), [], [9, 3, 1, 0])[0] == [9, 3, 1]
+    with pytest.raises(PoisonlabError, match="set transfer.strengthen_channels"):
+        strengthening_channels(TransferConfig(), None, None)
