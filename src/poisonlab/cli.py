@@ -193,6 +193,40 @@ def show(
         typer.echo("plots: " + ", ".join(plots))
 
 
+@app.command()
+def subpop(
+    config: Path = typer.Argument(..., help="subpopulation YAML file (see examples/subpop_*.yaml)"),
+    set_: List[str] = typer.Option([], "--set", help="override a config key, e.g. --set attack.alphas=[1] (repeatable)"),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="where data files are (also $POISONLAB_DATA)"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="random seed (overrides the config's)"),
+    workers: Optional[int] = typer.Option(None, "--workers", help="parallel retrainings (default: one per core)"),
+    output: Optional[Path] = typer.Option(None, "--output", help="runs folder (overrides output.dir)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
+) -> None:
+    """Subpopulation poisoning (Jagielski et al. 2021): find subpopulations, poison each by label
+    flipping at every alpha, retrain, and measure target damage and collateral."""
+    from . import progress, report
+    from .subpop.config import load_subpop_config
+    from .subpop.experiment import fairness_rows, run_subpop_experiment, summary_rows
+
+    overrides = list(set_)
+    if data_dir is not None:
+        overrides.append(f"data.dir={data_dir}")
+    if output is not None:
+        overrides.append(f"output.dir={output}")
+    cfg = load_subpop_config(config, overrides, seed=seed, workers=workers)
+    if quiet:
+        progress.set_enabled(False)
+    folder, m = run_subpop_experiment(cfg)
+    report.print_table(summary_rows(m["summary"]), f"{cfg.name}: worst-k target damage")
+    report.print_table(fairness_rows(m["rows"]), f"{cfg.name}: hardest-hit subpopulations")
+    typer.echo(f"clean accuracy {100 * m['model']['clean_accuracy']:.2f}%, {m['subpopulations']['count']} "
+               f"subpopulations x {len(cfg.attack.alphas)} alphas = {m['retrainings']} retrainings on {m['workers']} "
+               f"worker(s), {m['seconds_per_retraining']:.2f}s each")
+    typer.echo(f"time {m['time']['total_seconds']:.1f}s, peak memory {m['peak_memory_mb']['rss']:.0f} MiB")
+    typer.echo(f"run folder: {folder.path}")
+
+
 @app.command("traffic-table")
 def traffic_table_cmd(
     run_ids: List[str] = typer.Argument(..., metavar="RUN...", help="GTSRB runs, one per trigger (id, prefix or folder)"),

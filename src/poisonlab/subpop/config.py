@@ -1,0 +1,105 @@
+"""Config of a subpopulation experiment (``poisonlab subpop CONFIG.yaml``), strictly validated.
+
+Jagielski et al., CCS 2021: the threat model's data split (Sec. 3), how subpopulations are
+found (Sec. 4.1), the label-flipping poisons (Sec. 4.2) and the victim's learner (Sec. 5).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ..config import OutputConfig, apply_overrides, from_dict, read_yaml
+from ..errors import PoisonlabError
+from .learners import LearnerSpec
+
+
+@dataclass
+class SubpopDataConfig:
+    """``data:``: the data set and the victim / attacker split of its training rows."""
+
+    name: str = "adult"
+    dir: str | None = None
+    download: bool = False
+    attacker_fraction: float = 0.5
+    train_limit: int | None = None
+    text_features: int = 2000
+
+
+@dataclass
+class SubpopulationsConfig:
+    """``subpopulations:``: FeatureMatch (categorical columns) or ClusterMatch (a representation)."""
+
+    kind: Literal["feature-match", "cluster-match"] = "feature-match"
+    features: list[str] = field(default_factory=lambda: ["education", "race", "sex"])
+    min_test: int = 10
+    max_test: int | None = 100
+    n_clusters: int = 100
+    pca_dims: int | None = 10
+    layer: str | None = "auto"
+    limit: int | None = None
+
+
+@dataclass
+class SubpopAttackConfig:
+    """``attack:``: poison sizes alpha (poisons = round(alpha * attacker rows)) and their label."""
+
+    alphas: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+    label: int | Literal["least-likely"] = "least-likely"
+
+
+@dataclass
+class SubpopConfig:
+    """A whole subpopulation-poisoning experiment."""
+
+    name: str = "subpopulation"
+    seed: int = 0
+    workers: int | None = None
+    data: SubpopDataConfig = field(default_factory=SubpopDataConfig)
+    model: LearnerSpec = field(default_factory=LearnerSpec)
+    subpopulations: SubpopulationsConfig = field(default_factory=SubpopulationsConfig)
+    attack: SubpopAttackConfig = field(default_factory=SubpopAttackConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def validate(self) -> None:
+        d, s, a = self.data, self.subpopulations, self.attack
+        checks = [
+            (0 < d.attacker_fraction < 1, f"data.attacker_fraction must be in (0, 1), got {d.attacker_fraction}"),
+            (d.train_limit is None or d.train_limit >= 2, f"data.train_limit must be >= 2, got {d.train_limit}"),
+            (d.text_features >= 1, f"data.text_features must be >= 1, got {d.text_features}"),
+            (self.seed >= 0, f"seed must be >= 0, got {self.seed}"),
+            (self.workers is None or self.workers >= 1, f"workers must be >= 1 (or null: one per core), got {self.workers}"),
+            (s.min_test >= 0, f"subpopulations.min_test must be >= 0, got {s.min_test}"),
+            (s.max_test is None or s.max_test >= s.min_test,
+             f"subpopulations.max_test ({s.max_test}) must be >= min_test ({s.min_test})"),
+            (s.n_clusters >= 1, f"subpopulations.n_clusters must be >= 1, got {s.n_clusters}"),
+            (s.pca_dims is None or s.pca_dims >= 0, f"subpopulations.pca_dims must be >= 0 or null, got {s.pca_dims}"),
+            (s.limit is None or s.limit >= 1, f"subpopulations.limit must be >= 1 or null, got {s.limit}"),
+            (len(a.alphas) > 0 and all(x > 0 for x in a.alphas),
+             f"attack.alphas must be a non-empty list of numbers > 0, got {a.alphas}"),
+            (len(set(a.alphas)) == len(a.alphas), f"attack.alphas lists a value twice: {a.alphas}"),
+            (a.label == "least-likely" or (isinstance(a.label, int) and a.label >= 0),
+             f"attack.label must be 'least-likely' or a class index >= 0, got {a.label!r}"),
+            (s.kind == "cluster-match" or len(s.features) > 0, "subpopulations.features must name at least one column"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise PoisonlabError(message)
+        self.model.validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def load_subpop_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                       **top: Any) -> SubpopConfig:
+    """Read, override (``--set``) and validate a subpopulation config."""
+    raw = read_yaml(path) if path is not None else {}
+    raw = apply_overrides(raw, overrides or [])
+    for key, value in top.items():
+        if value is not None:
+            raw[key] = value
+    cfg = from_dict(SubpopConfig, raw)
+    cfg.validate()
+    return cfg

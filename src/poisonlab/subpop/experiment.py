@@ -1,0 +1,184 @@
+"""One subpopulation-poisoning experiment, end to end (Jagielski et al., CCS 2021).
+
+load -> victim / attacker split of the training rows (Sec. 3) -> features (TF-IDF for
+text) -> clean victim model A(D) and the attacker's own model -> subpopulations
+(FeatureMatch or ClusterMatch, Sec. 4.1) and each one's poison label (Sec. 4.2) -> the sweep
+over subpopulations x alphas (:mod:`poisonlab.subpop.sweep`) -> tables, plots, run folder
+and index row.
+"""
+from __future__ import annotations
+
+import platform
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from .. import __version__, report
+from ..config import config_hash
+from ..data import load_dataset
+from ..data.base import Dataset
+from ..data.splits import limit_rows
+from ..errors import PoisonlabError
+from ..resources import peak_rss_mb, timed
+from ..store import RunFolder, index_run, open_run, save_weights
+from .config import SubpopConfig
+from .learners import TextFeatures, featurize, fit_scratch, fit_victim, predictions, probabilities, representation
+from .metrics import worst_k_summary
+from .poisons import least_likely_label
+from .subpopulations import Subpopulation, feature_match, fit_cluster_match, membership
+from .sweep import SweepInputs, default_workers, run_sweep
+from .threat import attacker_split
+
+
+def _find_subpopulations(cfg: SubpopConfig, attacker: Dataset, test: Dataset, attacker_model: torch.nn.Module
+                         ) -> tuple[list[Subpopulation], list[np.ndarray], list[np.ndarray], dict[str, Any]]:
+    """Subpopulations with their attacker-row and test-row memberships."""
+    s = cfg.subpopulations
+    if s.kind == "feature-match":
+        if not attacker.meta:
+            raise PoisonlabError(f"FeatureMatch needs categorical columns; data set '{cfg.data.name}' has none "
+                                 f"(use subpopulations.kind: cluster-match)")
+        subs = feature_match(attacker.meta, test.meta, s.features, s.min_test, s.max_test)
+        return (subs, [membership(x, attacker.meta) for x in subs], [membership(x, test.meta) for x in subs],
+                {"features": s.features})
+    layer = s.layer
+    rep_a = representation(attacker_model, attacker.x, layer)
+    rep_t = representation(attacker_model, test.x, layer)
+    cm = fit_cluster_match(rep_a, s.n_clusters, s.pca_dims or None, cfg.seed)
+    subs = cm.subpopulations(rep_t, s.min_test, s.max_test)
+    a_clusters, t_clusters = cm.assign(rep_a), cm.assign(rep_t)
+    return (subs, [membership(x, clusters=a_clusters) for x in subs], [membership(x, clusters=t_clusters) for x in subs],
+            {"representation_dims": int(rep_a.shape[1]), "n_clusters": s.n_clusters, "pca_dims": s.pca_dims})
+
+
+def run_subpop_experiment(cfg: SubpopConfig) -> tuple[RunFolder, dict[str, Any]]:
+    """Run the configured sweep; write the run folder and its index row."""
+    times: dict[str, float] = {}
+    start = time.perf_counter()
+    with timed(times, "load_seconds"):
+        split = load_dataset(cfg.data.name, cfg.data.dir, cfg.data.download)
+    train = limit_rows(split.train, cfg.data.train_limit, cfg.seed)
+    victim_idx, attacker_idx = attacker_split(len(train), cfg.data.attacker_fraction, cfg.seed, train.y)
+    victim, attacker, test = train.subset(victim_idx), train.subset(attacker_idx), split.test
+    text = None
+    if "text" in train.meta and train.x.shape[1:] == (0,):
+        with timed(times, "features_seconds"):
+            text = TextFeatures(max_features=cfg.data.text_features).fit(victim.meta["text"])
+            victim, attacker, test = featurize(victim, text), featurize(attacker, text), featurize(test, text)
+    spec = cfg.model
+    if isinstance(cfg.attack.label, int) and cfg.attack.label >= test.num_classes:
+        raise PoisonlabError(f"attack.label {cfg.attack.label} is out of range; the data set has classes "
+                             f"0..{test.num_classes - 1}")
+    with timed(times, "clean_seconds"):
+        pretrained = fit_scratch(spec, victim, cfg.seed)
+        clean = pretrained if spec.mode == "scratch" else fit_victim(spec, pretrained, victim, cfg.seed)
+        clean_pred = predictions(clean, test.x)
+        attacker_model = fit_scratch(spec, attacker, cfg.seed + 1)
+    with timed(times, "subpopulations_seconds"):
+        subs, a_members, t_members, how = _find_subpopulations(cfg, attacker, test, attacker_model)
+    keep = [i for i, m in enumerate(a_members) if m.any()]
+    if cfg.subpopulations.limit is not None:
+        keep = keep[:cfg.subpopulations.limit]
+    subs = [subs[i] for i in keep]
+    a_members, t_members = [a_members[i] for i in keep], [t_members[i] for i in keep]
+    if cfg.attack.label == "least-likely":
+        labels = [least_likely_label(probabilities(attacker_model, attacker.x[m])) for m in a_members]
+    else:
+        labels = [int(cfg.attack.label)] * len(subs)
+    workers = cfg.workers or default_workers()
+    inputs = SweepInputs(spec, victim, attacker, test, pretrained if spec.mode != "scratch" else None, clean_pred,
+                         a_members, t_members, labels, list(cfg.attack.alphas), cfg.seed)
+    with timed(times, "sweep_seconds"):
+        results = run_sweep(inputs, workers)
+    rows = [_row(subs[r["index"]], a_members[r["index"]], t_members[r["index"]], r) for r in results]
+    summary = worst_k_summary([{"subpop_id": r["subpop_id"], "alpha": r["alpha"], "target": r["target"],
+                                "collateral": r["collateral"]} for r in rows])
+    y = test.y.numpy()
+    times["total_seconds"] = time.perf_counter() - start
+    metrics: dict[str, Any] = {
+        "name": cfg.name, "version": __version__, "seed": cfg.seed, "platform": platform.platform(),
+        "torch": torch.__version__, "workers": workers,
+        "data": {"name": cfg.data.name, "victim": len(victim), "attacker": len(attacker), "test": len(test),
+                 "features": int(np.prod(test.x.shape[1:]))},
+        "model": {"name": spec.name, "options": spec.options, "mode": spec.mode,
+                  "clean_accuracy": float((clean_pred == y).mean())},
+        "subpopulations": {"kind": cfg.subpopulations.kind, "count": len(subs), **how},
+        "summary": summary, "rows": rows, "time": times,
+        "retrainings": len(results), "seconds_per_retraining": float(np.mean([r["seconds"] for r in results])),
+        "peak_memory_mb": {"rss": peak_rss_mb()},
+    }
+    resolved = cfg.to_dict()
+    chash = config_hash({k: v for k, v in resolved.items() if k not in ("output", "workers")}
+                        | {"data": {k: v for k, v in resolved["data"].items() if k != "dir"}})
+    with open_run(cfg.output.dir, cfg.name, chash) as folder:
+        metrics["config_hash"] = chash
+        _write(folder, cfg, resolved, metrics, rows, summary, clean)
+    index_run(cfg.output.dir, {
+        "id": folder.run_id, "created": time.strftime("%Y-%m-%d %H:%M:%S"), "name": cfg.name,
+        "dataset": cfg.data.name, "model": spec.name, "attack": f"subpopulation ({cfg.subpopulations.kind})",
+        "config_hash": chash, "seed": cfg.seed, "version": __version__, "path": str(folder.path.resolve()),
+        "summary": {"clean_acc": metrics["model"]["clean_accuracy"], "subpopulations": len(subs),
+                    **{f"worst{s['k']}_target_alpha{s['alpha']:g}": s["target_worst_k"] for s in summary},
+                    "seconds": times["total_seconds"]},
+        "metrics": {k: v for k, v in metrics.items() if k != "rows"},
+    })
+    return folder, metrics
+
+
+def _row(sub: Subpopulation, a_member: np.ndarray, t_member: np.ndarray, r: dict[str, Any]) -> dict[str, Any]:
+    return {"subpop_id": sub.id, "description": sub.description, "test_size": int(t_member.sum()),
+            "attacker_size": int(a_member.sum()), **{k: v for k, v in r.items() if k != "index"}}
+
+
+def summary_rows(summary: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """The paper's Table 3 shape: per alpha and k, mean target damage of the worst k and collateral."""
+    return [{"alpha": f"{s['alpha']:g}", "worst k": str(s["k"]),
+             "target damage (worst k)": f"{s['target_worst_k']:.3f}",
+             "collateral (worst k)": f"{100 * s['collateral_worst_k']:.2f}%",
+             "collateral (all)": f"{100 * s['collateral_all']:.2f}%",
+             "subpopulations": str(s["n_subpops"])} for s in summary]
+
+
+def fairness_rows(rows: list[dict[str, Any]], top: int = 10) -> list[dict[str, str]]:
+    """The subpopulations hit hardest at the largest alpha: accuracy before -> after (the paper's
+    'Black women with high school: 91.4% -> 76.7%' view)."""
+    alpha = max(r["alpha"] for r in rows)
+    worst = sorted((r for r in rows if r["alpha"] == alpha and np.isfinite(r["target"])),
+                   key=lambda r: (-r["target"], r["subpop_id"]))[:top]
+    return [{"subpopulation": r["description"], "test rows": str(r["test_size"]), "alpha": f"{alpha:g}",
+             "poisons": str(r["n_poison"]), "accuracy before": report.pct(r["subpop_accuracy_before"]),
+             "accuracy after": report.pct(r["subpop_accuracy_after"]), "target damage": f"{r['target']:.3f}",
+             "collateral": f"{100 * r['collateral']:.2f}%"} for r in worst]
+
+
+def _write(folder: RunFolder, cfg: SubpopConfig, resolved: dict[str, Any], metrics: dict[str, Any],
+           rows: list[dict[str, Any]], summary: list[dict[str, Any]], clean: torch.nn.Module) -> None:
+    folder.write_text("config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+    folder.write_json("metrics.json", metrics)
+    folder.write_text("tables/subpopulations.csv", report.to_csv(rows))
+    folder.write_text("tables/summary.md", report.to_markdown(summary_rows(summary), f"{cfg.name}: worst-k target damage"))
+    folder.write_text("tables/summary.csv", report.to_csv(summary_rows(summary)))
+    folder.write_text("tables/hardest_hit.md", report.to_markdown(fairness_rows(rows), f"{cfg.name}: hardest-hit subpopulations"))
+    if cfg.output.save_weights:
+        save_weights(clean, folder.file("weights", "clean.safetensors"))
+    if cfg.output.plots:
+        plot_target_damage(folder.file("plots", "target_damage.png"), rows)
+
+
+def plot_target_damage(path: Any, rows: list[dict[str, Any]]) -> None:
+    """Target damage of every subpopulation against its size, one colour per alpha."""
+    plt = report.pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for alpha in sorted({r["alpha"] for r in rows}):
+        sel = [r for r in rows if r["alpha"] == alpha]
+        ax.scatter([r["test_size"] for r in sel], [r["target"] for r in sel], s=12, label=f"alpha {alpha:g}")
+    ax.axhline(0, color="0.6", lw=0.8)
+    ax.set_xlabel("subpopulation test rows")
+    ax.set_ylabel("target damage")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

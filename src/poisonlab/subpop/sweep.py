@@ -1,0 +1,126 @@
+"""The subpopulation sweep: one retraining per (subpopulation, alpha), in parallel.
+
+For each subpopulation and each alpha (Jagielski et al., CCS 2021, Sec. 4.2 and 5): add
+round(alpha * n) label-flipped copies of the attacker's n rows of that subpopulation to the
+victim's clean training set D, train A(D ∪ D_p), and compare its test predictions with the
+clean model A(D)'s: target damage on the subpopulation's test rows, collateral on the
+others (:mod:`poisonlab.subpop.metrics`).
+
+The clean model, the attacker's rows and the memberships are computed once by the caller
+and handed to the workers by ``fork`` (copy-on-write, nothing pickled per task); each task
+seeds its own poison draw and training from (seed, subpopulation index, alpha index), so a
+parallel sweep returns exactly the serial sweep's numbers, in the same order.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import progress
+from ..data.base import Dataset
+from ..errors import PoisonlabError
+from .learners import LearnerSpec, fit_victim, predictions
+from .metrics import accuracy_on, collateral, target_damage
+from .poisons import label_flip_poisons
+
+
+@dataclass
+class SweepInputs:
+    """Everything a retraining needs, shared by all tasks."""
+
+    spec: LearnerSpec
+    victim: Dataset              # D, the victim's clean training rows (tensor features)
+    attacker: Dataset            # the attacker's rows (tensor features)
+    test: Dataset
+    pretrained: nn.Module | None  # the clean model the transfer / fine-tune modes continue
+    clean_pred: np.ndarray       # A(D) on the test set
+    attacker_members: list[np.ndarray]  # per subpopulation: attacker rows (bool)
+    test_members: list[np.ndarray]      # per subpopulation: test rows (bool)
+    labels: list[int]            # per subpopulation: the poison label
+    alphas: list[float]
+    seed: int
+
+
+_SHARED: SweepInputs | None = None
+
+
+def run_task(i: int, j: int) -> dict[str, Any]:
+    """Subpopulation ``i`` at alpha ``j``: poison, retrain, measure (reads the shared inputs)."""
+    s = _SHARED
+    assert s is not None, "run_task called outside a sweep"
+    start = time.perf_counter()
+    rows = np.flatnonzero(s.attacker_members[i])
+    rng = np.random.default_rng([s.seed, i, j, 0x5B])
+    x_p, y_p, _ = label_flip_poisons(s.attacker.x[rows], s.alphas[j], s.labels[i], rng, s.test.num_classes)
+    poisoned = Dataset(torch.cat([s.victim.x, x_p]), torch.cat([s.victim.y, y_p]), list(s.victim.classes))
+    model = fit_victim(s.spec, s.pretrained, poisoned, s.seed)
+    pred = predictions(model, s.test.x)
+    y = s.test.y.numpy()
+    member = s.test_members[i]
+    return {"index": i, "alpha": s.alphas[j], "n_poison": int(len(y_p)), "label": s.labels[i],
+            "target": target_damage(s.clean_pred, pred, y, member),
+            "collateral": collateral(s.clean_pred, pred, y, member),
+            "subpop_accuracy_before": accuracy_on(s.clean_pred, y, member),
+            "subpop_accuracy_after": accuracy_on(pred, y, member),
+            "clean_accuracy_after": float((pred == y).mean()),
+            "seconds": time.perf_counter() - start}
+
+
+def _init_worker() -> None:
+    torch.set_num_threads(1)
+    progress.set_enabled(False)
+
+
+def run_sweep(inputs: SweepInputs, workers: int = 1) -> list[dict[str, Any]]:
+    """Every (subpopulation, alpha) task; ``workers > 1`` forks that many processes.
+
+    Results come back ordered by (subpopulation, alpha) whatever the completion order.
+    """
+    global _SHARED
+    if workers < 1:
+        raise PoisonlabError(f"workers must be >= 1, got {workers}")
+    tasks = [(i, j) for i in range(len(inputs.labels)) for j in range(len(inputs.alphas))]
+    if not tasks:
+        raise PoisonlabError("no subpopulation to attack: widen the size bounds or lower min_test")
+    _SHARED = inputs
+    results: dict[tuple[int, int], dict[str, Any]] = {}
+    try:
+        with progress.bar("subpopulation retrainings", len(tasks), unit="fit") as bar:
+            if workers == 1 or len(tasks) == 1:
+                threads = torch.get_num_threads()
+                torch.set_num_threads(1)  # as in the workers: CPU sums can depend on the thread count
+                try:
+                    for i, j in tasks:
+                        results[(i, j)] = run_task(i, j)
+                        bar.advance(1)
+                finally:
+                    torch.set_num_threads(threads)
+            else:
+                if "fork" not in mp.get_all_start_methods():
+                    raise PoisonlabError("parallel sweeps need the 'fork' start method (Linux, macOS); set workers: 1")
+                ctx = mp.get_context("fork")
+                with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=ctx,
+                                         initializer=_init_worker) as pool:
+                    futures = {pool.submit(run_task, i, j): (i, j) for i, j in tasks}
+                    for fut in as_completed(futures):
+                        results[futures[fut]] = fut.result()
+                        bar.advance(1)
+    finally:
+        _SHARED = None
+    return [results[t] for t in tasks]
+
+
+def default_workers() -> int:
+    """One worker per available CPU core."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
