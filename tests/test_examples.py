@@ -8,10 +8,13 @@ from poisonlab.attacks.pruning_aware import pruning_aware_config
 from poisonlab.defend import check_defenses
 from poisonlab.config import load_config
 from poisonlab.experiment import run_experiment
+from poisonlab.data import DATASETS
 from poisonlab.models import MODELS
+from poisonlab.subpop.config import load_subpop_config
 
 ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+EXAMPLES = sorted(p for p in (ROOT / "examples").glob("*.yaml") if not p.name.startswith("subpop_"))
+SUBPOP_EXAMPLES = sorted((ROOT / "examples").glob("subpop_*.yaml"))
 SHARED = ROOT.parent / "shared" / "data"
 
 
@@ -29,6 +32,17 @@ def test_example_config_is_valid(path):
     check_defenses(cfg.defenses)
     if cfg.pruning_aware is not None:
         assert pruning_aware_config(cfg.pruning_aware, cfg.train).train == cfg.train
+
+
+@pytest.mark.parametrize("path", SUBPOP_EXAMPLES, ids=lambda p: p.name)
+def test_subpop_example_config_is_valid(path):
+    cfg = load_subpop_config(path)
+    assert cfg.model.name in MODELS and cfg.data.name in DATASETS
+
+
+def test_there_are_subpop_examples():
+    assert {"subpop_adult_featurematch_mlp.yaml", "subpop_adult_clustermatch_mlp.yaml", "subpop_imdb_clustermatch.yaml",
+            "subpop_fashion_mnist_clustermatch.yaml"} <= {p.name for p in SUBPOP_EXAMPLES}
 
 
 @pytest.mark.skipif(not (SHARED / "mnist").is_dir(), reason="../shared/data/mnist not present (smoke run skipped)")
