@@ -150,3 +150,24 @@ def test_cli_subpop_command(tmp_path, monkeypatch, capsys, one_thread):
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     assert "9 subpopulations x 1 alphas = 9 retrainings on 1 worker(s)" in out
+
+
+@pytest.mark.parametrize("mode", ["transfer", "fine-tune"])
+def test_transfer_and_fine_tune_modes(mode, one_thread):
+    from poisonlab.subpop.learners import fit_victim
+
+    data = planted_table(200, 5)
+    spec = LearnerSpec(name="mlp", options={"hidden": [8]}, mode=mode,
+                       train=TrainConfig(epochs=3, batch_size=64, optimizer="adam", lr=0.02, schedule="constant"))
+    pretrained = fit_scratch(spec, data, 0)
+    before = {k: v.clone() for k, v in pretrained.state_dict().items()}
+    model = fit_victim(spec, pretrained, planted_table(200, 6), 0)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], pretrained.state_dict()[k]) for k in before)  # the clean model is untouched
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    if mode == "transfer":
+        assert changed == {"out.weight", "out.bias"}  # only the last layer trains
+    else:
+        assert {"fc1.weight", "out.weight"} <= changed
+    with pytest.raises(PoisonlabError, match="continues a clean model"):
+        fit_victim(spec, None, data, 0)

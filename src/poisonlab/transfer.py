@@ -108,6 +108,23 @@ def freeze_features(model: nn.Module) -> nn.Module:
     return model
 
 
+def freeze_all_but_last_linear(model: nn.Module) -> nn.Module:
+    """Freeze every parameter except the last ``nn.Linear``'s, in place (transfer learning with
+    a retrained last layer, as in Jagielski et al. 2021, Sec. 5.3); batch norms stay in eval
+    mode as in :func:`freeze_features`. Works for MLPs too. Returns ``model``."""
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise PoisonlabError(f"{type(model).__name__} has no nn.Linear layer to retrain")
+    keep = [linears[-1]]
+    for name, p in model.named_parameters():
+        p.requires_grad_(_under(name, keep))
+    for name, m in model.named_modules():
+        if name and not _under(name, keep) and isinstance(m, _BatchNorm):
+            m.train = types.MethodType(_frozen_train, m)  # type: ignore[method-assign]
+            m.train(False)
+    return model
+
+
 def unfreeze(model: nn.Module) -> nn.Module:
     """Undo :func:`freeze_features` in place: every parameter trainable, batch norms follow ``train()``."""
     for p in model.parameters():

@@ -29,7 +29,7 @@ from ..errors import PoisonlabError
 from ..models import build_model
 from ..models.layers import activations
 from ..train import TrainConfig, predict_logits, seed_everything, train_model
-from ..transfer import freeze_features
+from ..transfer import freeze_all_but_last_linear
 
 Mode = Literal["scratch", "transfer", "fine-tune"]
 
@@ -75,7 +75,7 @@ def fit_victim(spec: LearnerSpec, pretrained: nn.Module | None, data: Dataset, s
         raise PoisonlabError(f"model.mode {spec.mode} continues a clean model; none was given")
     model = copy.deepcopy(pretrained)
     if spec.mode == "transfer":
-        freeze_features(model)
+        freeze_all_but_last_linear(model)
     train_model(model, data, spec.retrain or spec.train, seed=seed, device="cpu", desc=f"subpop {spec.mode}")
     return model.eval()
 
