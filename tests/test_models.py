@@ -102,3 +102,15 @@ def test_safetensors_round_trip_and_mismatch(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"\x80\x04not a safetensors file")
     with pytest.raises(PoisonlabError, match="not a valid safetensors file"):
         load_weights(a, tmp_path / "bad.safetensors")
+
+
+def test_mlp_without_hidden_layers_is_logistic_regression():
+    from poisonlab.subpop.learners import last_hidden_layer
+
+    m = build_model("mlp", (4,), 3, {"hidden": []})
+    linears = [x for x in m.modules() if isinstance(x, torch.nn.Linear)]
+    assert len(linears) == 1 and (linears[0].in_features, linears[0].out_features) == (4, 3)
+    assert last_hidden_layer(m) is None  # ClusterMatch reads the raw input
+    assert last_hidden_layer(build_model("mlp", (4,), 3, {"hidden": [10]})) == "relu1"
+    with pytest.raises(PoisonlabError, match=r"hidden must be a list of positive integers \(\[\] = logistic"):
+        build_model("mlp", (4,), 3, {"hidden": [0]})

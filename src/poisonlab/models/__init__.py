@@ -67,8 +67,10 @@ def _build_mlp(shape: tuple[int, ...], num_classes: int, options: dict) -> nn.Mo
     hidden = options.get("hidden", [256])
     if isinstance(hidden, int):
         hidden = [hidden]
-    if not hidden or any(not isinstance(h, int) or h < 1 for h in hidden):
-        raise PoisonlabError(f"model.options.hidden must be a list of positive integers, got {hidden!r}")
+    if not isinstance(hidden, (list, tuple)) or any(isinstance(h, bool) or not isinstance(h, int) or h < 1
+                                                    for h in hidden):
+        raise PoisonlabError(f"model.options.hidden must be a list of positive integers ([] = logistic "
+                             f"regression), got {hidden!r}")
     return MLP(math.prod(shape), num_classes, tuple(hidden))
 
 
@@ -80,7 +82,7 @@ for _spec in (
     ModelSpec("small-cnn", "VGG-style CNN for 32x32 colour images: 3 blocks of 2 convs (32-64-128) with BN, fc256 "
               "(options: convs_per_block: 1|2, width: 32)", _build_small_cnn, 8),
     ModelSpec("resnet18", "ResNet-18 for 32x32 inputs (3x3 stem, no max-pool)", _conv_builder(ResNet18, "resnet18", 8), 8),
-    ModelSpec("mlp", "multilayer perceptron on flattened input (options: hidden: [256])", _build_mlp),
+    ModelSpec("mlp", "multilayer perceptron on flattened input (options: hidden: [256]; [] = logistic regression)", _build_mlp),
 ):
     MODELS.register(_spec.name)(_spec)
 
