@@ -54,3 +54,18 @@ def test_mnist_example_smoke_on_real_files(tmp_path):
     assert m["data"]["train"] == 2700 and m["data"]["test"] == 10000
     assert m["attack"]["n_poison"] == 270 and m["attack"]["test_triggered"] == 10000
     assert m["baseline"]["clean_accuracy"] > 0.8
+
+
+@pytest.mark.skipif(not (SHARED / "adult").is_dir(), reason="../shared/data/adult not present (smoke run skipped)")
+def test_adult_subpop_example_smoke_on_real_files(tmp_path):
+    from poisonlab.subpop.experiment import run_subpop_experiment
+
+    cfg = load_subpop_config(ROOT / "examples" / "subpop_adult_featurematch_mlp.yaml",
+                             [f"data.dir={SHARED}", "subpopulations.limit=3", "attack.alphas=[2.0]", "model.train.epochs=5",
+                              f"output.dir={tmp_path}", "output.plots=false", "workers=1"])
+    _, m = run_subpop_experiment(cfg)
+    assert (m["data"]["victim"], m["data"]["attacker"], m["data"]["test"]) == (16280, 16281, 16281)
+    assert m["data"]["features"] == 108 and m["subpopulations"]["count"] == 3 and m["retrainings"] == 3
+    assert m["model"]["clean_accuracy"] > 0.8
+    for r in m["rows"]:
+        assert 10 <= r["test_size"] <= 100 and r["n_poison"] == int(2.0 * r["attacker_size"] + 0.5)
