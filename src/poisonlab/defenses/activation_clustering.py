@@ -1,0 +1,176 @@
+"""Activation Clustering (Chen et al. 2018, arXiv 1811.03728, Sec. 4).
+
+For each class (by the *training* labels), the representations of its rows are reduced to
+``dims`` dimensions (FastICA as in the paper, or PCA) and split into two clusters by
+2-means. Poison relabelled to a class forms its own small, well-separated cluster there;
+a clean class splits into two halves of similar size. The smaller cluster of a class is
+flagged (all its rows removed) when
+
+* ``rule="size"``: its relative size (rows / class rows) is at most ``size_threshold``
+  (the paper's "relative size" analysis; 0.35 by default), or
+* ``rule="silhouette"``: the silhouette score of the 2-clustering (on the reduced data) is at
+  least ``silhouette_threshold`` (the paper's "silhouette score" analysis).
+
+The score of a row is 1.0 in a flagged cluster, else 0.0. The number of dimensions is
+``min(dims, n_features, n_rows - 1, rank)`` where rank is the numerical rank of the centred
+class (more components than that would whiten directions with no variance). Classes with
+fewer than 3 rows, or whose rows are all equal, are not clustered (nothing removed).
+
+:func:`exclusionary_reclassification` is the paper's Sec. 4.3 check of one cluster: the
+caller trains a model without the cluster and classifies the cluster with it.
+
+Determinism: FastICA/PCA and KMeans (``n_init=10``) use ``random_state=seed``; clusters are
+renumbered so that 1 is the smaller one (on equal sizes, 0 holds the class's first row).
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import numpy as np
+
+from ..errors import PoisonlabError, did_you_mean
+from .filtering import FilterResult, check_representations
+
+__all__ = ["REDUCTIONS", "RULES", "activation_clustering", "exclusionary_reclassification"]
+
+REDUCTIONS = ("ica", "pca")
+RULES = ("size", "silhouette")
+SILHOUETTE_MAX_ROWS = 10_000  # larger classes: silhouette on a seeded sample of this many rows
+
+
+def _is_number(v: Any) -> bool:
+    return not isinstance(v, bool) and isinstance(v, (int, float, np.number)) and math.isfinite(float(v))
+
+
+def _reduce(centred: np.ndarray, d: int, how: str, seed: int) -> tuple[np.ndarray, list[str]]:
+    """``centred`` reduced to ``d`` columns by FastICA or PCA; warnings raised on the way (e.g. ICA
+    not converging) are returned as text."""
+    from sklearn.decomposition import PCA, FastICA
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if how == "ica":
+            z = FastICA(n_components=d, random_state=seed, whiten="unit-variance").fit_transform(centred)
+        else:
+            z = PCA(n_components=d, svd_solver="full", random_state=seed).fit_transform(centred)
+    return z, [str(w.message).splitlines()[0] for w in caught]
+
+
+def _two_means(z: np.ndarray, seed: int) -> np.ndarray:
+    """2-means labels of ``z``, renumbered so that 1 is the smaller cluster (ties: row 0 in cluster 0)."""
+    from sklearn.cluster import KMeans
+
+    lab = KMeans(n_clusters=2, n_init=10, random_state=seed).fit_predict(z).astype(np.int64)
+    sizes = np.bincount(lab, minlength=2)
+    if sizes[0] < sizes[1] or (sizes[0] == sizes[1] and lab[0] == 1):
+        lab = 1 - lab
+    return lab
+
+
+def _silhouette(z: np.ndarray, lab: np.ndarray, seed: int) -> float:
+    from sklearn.metrics import silhouette_score
+
+    if len(np.unique(lab)) < 2:
+        return math.nan
+    sample = SILHOUETTE_MAX_ROWS if len(z) > SILHOUETTE_MAX_ROWS else None
+    return float(silhouette_score(z, lab, sample_size=sample, random_state=seed))
+
+
+def activation_clustering(reprs: np.ndarray, labels: np.ndarray, dims: int = 10, reduce: str = "ica",
+                          rule: str = "size", size_threshold: float = 0.35, silhouette_threshold: float = 0.10,
+                          seed: int = 0) -> FilterResult:
+    """Per class: reduce to ``dims`` (FastICA or PCA), 2-means, flag the smaller cluster by its
+    relative size or by the silhouette score (Chen et al. 2018).
+
+    ``details``: the parameters, ``cluster`` (per row: 0 = larger cluster of its class, 1 =
+    smaller, -1 = class not clustered) and ``classes``, mapping each class to ``n``, ``dims``
+    (used), ``sizes`` ([larger, smaller]), ``relative_size`` (smaller / n), ``silhouette``,
+    ``flagged`` and ``warnings`` (e.g. FastICA not converging); NaN/empty when not clustered.
+    """
+    if isinstance(dims, bool) or not isinstance(dims, (int, np.integer)) or dims < 1:
+        raise PoisonlabError(f"dims must be a positive integer (the paper uses 10), got {dims!r}")
+    if reduce not in REDUCTIONS:
+        raise PoisonlabError(f"unknown reduce {reduce!r}{did_you_mean(str(reduce), REDUCTIONS)}; "
+                             f"choose one of {', '.join(REDUCTIONS)}")
+    if rule not in RULES:
+        raise PoisonlabError(f"unknown rule {rule!r}{did_you_mean(str(rule), RULES)}; choose one of {', '.join(RULES)}")
+    if not _is_number(size_threshold) or not 0 < float(size_threshold) < 1:
+        raise PoisonlabError(f"size_threshold must be in (0, 1), got {size_threshold!r}")
+    if not _is_number(silhouette_threshold) or not -1 <= float(silhouette_threshold) <= 1:
+        raise PoisonlabError(f"silhouette_threshold must be in [-1, 1], got {silhouette_threshold!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2 ** 32:
+        raise PoisonlabError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+    x, y = check_representations(reprs, labels)
+    seed = int(seed)
+    scores = np.zeros(len(y))
+    cluster = np.full(len(y), -1, dtype=np.int64)
+    classes: dict[int, dict[str, Any]] = {}
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        info: dict[str, Any] = {"n": len(idx), "dims": 0, "sizes": [len(idx), 0], "relative_size": math.nan,
+                                "silhouette": math.nan, "flagged": False, "warnings": []}
+        classes[int(c)] = info
+        if len(idx) < 3:
+            continue
+        centred = x[idx] - x[idx].mean(0)
+        sv = np.linalg.svd(centred, compute_uv=False)
+        rank = int((sv > sv[0] * max(centred.shape) * np.finfo(np.float64).eps).sum()) if sv[0] > 0 else 0
+        d = min(int(dims), x.shape[1], len(idx) - 1, rank)
+        if d < 1:  # every row equal
+            continue
+        z, info["warnings"] = _reduce(centred, d, reduce, seed)
+        lab = _two_means(z, seed)
+        cluster[idx] = lab
+        sizes = np.bincount(lab, minlength=2)
+        rel = float(sizes[1] / len(idx))
+        sil = _silhouette(z, lab, seed)
+        if rule == "size":
+            flagged = rel <= float(size_threshold)
+        else:
+            flagged = bool(sil >= float(silhouette_threshold))  # NaN compares False
+        flagged = bool(flagged and sizes[1] > 0)
+        info.update(dims=d, sizes=[int(sizes[0]), int(sizes[1])], relative_size=rel, silhouette=sil, flagged=flagged)
+        if flagged:
+            scores[idx[lab == 1]] = 1.0
+    details = {"dims": int(dims), "reduce": reduce, "rule": rule, "size_threshold": float(size_threshold),
+               "silhouette_threshold": float(silhouette_threshold), "seed": seed, "cluster": cluster,
+               "classes": classes}
+    return FilterResult(scores, scores > 0, details)
+
+
+def exclusionary_reclassification(flagged_cluster_pred: np.ndarray, cluster_label: int,
+                                  threshold: float = 1.0) -> tuple[bool, float]:
+    """Decide whether a cluster is poison (Chen et al. 2018, Sec. 4.3, "exclusionary reclassification").
+
+    ``flagged_cluster_pred`` are the predictions, for the rows of the cluster, of a model the
+    caller trained *without* the cluster; ``cluster_label`` is the label those rows carry in
+    the training set. With ``l`` = rows predicted as ``cluster_label`` and ``p`` = the largest
+    number of rows predicted as any one *other* class, the paper keeps the cluster as
+    legitimate when ``l / p > threshold`` (here ``l > threshold * p``, so ``p = 0`` is
+    legitimate); otherwise it is poison, and the class behind ``p`` is its likely source
+    class. ``threshold = 1`` asks the own label to beat every other class.
+
+    Returns ``(is_poison, share_own_label)`` with ``share_own_label = l / len(cluster)``.
+
+    >>> exclusionary_reclassification(np.array([3, 3, 1, 1, 1]), 3)
+    (True, 0.4)
+    """
+    pred = np.asarray(flagged_cluster_pred.detach().cpu().numpy() if hasattr(flagged_cluster_pred, "detach")
+                      else flagged_cluster_pred)
+    if pred.ndim != 1 or pred.dtype.kind not in "iu":
+        raise PoisonlabError(f"flagged_cluster_pred must be a 1-D array of predicted classes, "
+                             f"got shape {pred.shape} dtype {pred.dtype}")
+    if len(pred) == 0:
+        raise PoisonlabError("flagged_cluster_pred is empty: the cluster has no rows to reclassify")
+    if isinstance(cluster_label, bool) or not isinstance(cluster_label, (int, np.integer)):
+        raise PoisonlabError(f"cluster_label must be a class index, got {cluster_label!r}")
+    if not _is_number(threshold) or float(threshold) < 0:
+        raise PoisonlabError(f"threshold must be a non-negative number, got {threshold!r}")
+    own = pred == cluster_label
+    l_count = int(own.sum())
+    _, other_counts = np.unique(pred[~own], return_counts=True)
+    p_count = int(other_counts.max()) if len(other_counts) else 0
+    legitimate = l_count > float(threshold) * p_count
+    return (not legitimate), l_count / len(pred)
