@@ -1,0 +1,181 @@
+"""Neural Cleanse (Wang, Yao, Shan, Li, Viswanath, Zheng, Zhao; IEEE S&P 2019).
+
+A backdoor makes the target label reachable from every class with an unusually *small*
+change. For each label ``t`` the defender reverse-engineers the smallest trigger that
+sends clean images to ``t`` (Section IV-B, Eq. 2-3): a mask ``m`` (H x W, in [0, 1]) and a
+pattern ``p`` (C x H x W, in [0, 1]) applied as
+
+    x' = (1 - m) * x + m * p,
+
+found by minimising ``CE(f(x'), t) + lam * |m|_1`` over clean images. The label whose mask
+has an outlying small L1 norm is the infected one (Section IV-C): with the median absolute
+deviation ``MAD = median(|norm - median(norm)|)``, the anomaly index of a label is
+``(median - norm) / (1.4826 * MAD)`` (1.4826: the consistency constant for a normal
+distribution), and a label is flagged when its index exceeds 2. Only masks smaller than
+the median can be flagged (a negative index is never > 2).
+
+Simplifications here, chosen to be deterministic and cheap (documented, not the paper's
+exact procedure): the mask and pattern are ``sigmoid`` of free parameters (the paper uses
+``tanh / 2 + 0.5``, the same function up to scaling of the parameter); ``lam`` is constant
+(the paper adapts it to keep the attack success above a target rate); Adam runs a fixed
+number of ``steps`` on mini-batches drawn with replacement by a seeded generator; the
+final mask is returned (not the best one seen). Every label starts from the same seeded
+initial mask and pattern, so labels differ only in their target. The model is left as it
+was: it runs in eval mode and only the mask and pattern receive gradients.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data.base import Dataset
+from ..errors import PoisonlabError
+
+__all__ = ["MAD_CONSTANT", "NeuralCleanseResult", "anomaly_indices", "neural_cleanse", "reverse_engineer_trigger"]
+
+MAD_CONSTANT = 1.4826
+"""Consistency constant making the MAD an estimator of the standard deviation (normal data)."""
+ANOMALY_THRESHOLD = 2.0
+_STREAM_TAG = 0x4EC1  # separates Neural Cleanse's draws from other uses of the same seed
+
+
+def _images(x: Any, name: str) -> torch.Tensor:
+    if isinstance(x, Dataset):
+        x = x.x
+    if not isinstance(x, torch.Tensor):
+        raise PoisonlabError(f"{name} must be an image tensor (N, C, H, W) or a Dataset, got {type(x).__name__}")
+    if x.dim() != 4:
+        raise PoisonlabError(f"{name} must be images (N, C, H, W); got shape {tuple(x.shape)} "
+                             f"(Neural Cleanse reverse-engineers image triggers and does not apply to other data)")
+    if len(x) == 0:
+        raise PoisonlabError(f"Neural Cleanse needs clean images in {name}; got 0")
+    return x.detach()
+
+
+def _check_params(steps: int, lr: float, lam: float, batch_size: int, seed: int) -> None:
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise PoisonlabError(f"Neural Cleanse steps must be a whole number >= 1, got {steps!r}")
+    if not lr > 0:
+        raise PoisonlabError(f"Neural Cleanse lr must be > 0, got {lr!r}")
+    if not lam >= 0:
+        raise PoisonlabError(f"Neural Cleanse lam (the mask-norm weight) must be >= 0, got {lam!r}")
+    if batch_size < 1:
+        raise PoisonlabError(f"Neural Cleanse batch_size must be >= 1, got {batch_size}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise PoisonlabError(f"Neural Cleanse seed must be a whole number >= 0, got {seed!r}")
+
+
+def reverse_engineer_trigger(model: nn.Module, x_clean: torch.Tensor | Dataset, target: int, steps: int = 300,
+                             lr: float = 0.1, lam: float = 0.01, seed: int = 0, batch_size: int = 64,
+                             device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor, float]:
+    """The smallest trigger found that sends ``x_clean`` to ``target`` (Wang et al. 2019, Eq. 3).
+
+    Minimises ``CE(f((1-m)*x + m*p), target) + lam * sum(m)`` with Adam for ``steps`` steps.
+    Returns ``(mask (H, W), pattern (C, H, W), success_rate)`` on the CPU, where the success
+    rate is the fraction of all of ``x_clean`` classified as ``target`` with the final trigger
+    (images already of class ``target`` count too).
+    """
+    xs = _images(x_clean, "x_clean")
+    _check_params(steps, lr, lam, batch_size, seed)
+    if isinstance(target, bool) or not isinstance(target, (int, np.integer)) or target < 0:
+        raise PoisonlabError(f"Neural Cleanse target must be a class index >= 0, got {target!r}")
+    device = torch.device(device)
+    _, c, h, w = xs.shape
+    torch_seed = int(np.random.default_rng([seed, _STREAM_TAG]).integers(2**62))
+    gen = torch.Generator().manual_seed(torch_seed)
+    mask_raw = torch.randn(h, w, generator=gen).to(device).requires_grad_(True)
+    pattern_raw = torch.randn(c, h, w, generator=gen).to(device).requires_grad_(True)
+    opt = torch.optim.Adam([mask_raw, pattern_raw], lr=lr)
+    labels = torch.full((min(batch_size, len(xs)),), int(target), dtype=torch.int64, device=device)
+    was_training = model.training
+    model.eval()
+    try:
+        for step in range(int(steps)):
+            idx = torch.randint(0, len(xs), (len(labels),), generator=gen)
+            xb = xs[idx].to(device, torch.float32)
+            mask, pattern = torch.sigmoid(mask_raw), torch.sigmoid(pattern_raw)
+            logits = model((1 - mask) * xb + mask * pattern)
+            if step == 0 and int(target) >= logits.shape[1]:
+                raise PoisonlabError(f"Neural Cleanse target {target} is out of range; the model has "
+                                     f"{logits.shape[1]} classes (0..{logits.shape[1] - 1})")
+            loss = F.cross_entropy(logits, labels) + lam * mask.sum()
+            grads = torch.autograd.grad(loss, [mask_raw, pattern_raw])  # the model's weights get no .grad
+            mask_raw.grad, pattern_raw.grad = grads
+            opt.step()
+        with torch.no_grad():
+            mask, pattern = torch.sigmoid(mask_raw), torch.sigmoid(pattern_raw)
+            hits = 0
+            for start in range(0, len(xs), 2048):
+                xb = xs[start:start + 2048].to(device, torch.float32)
+                hits += int((model((1 - mask) * xb + mask * pattern).argmax(1) == int(target)).sum())
+    finally:
+        model.train(was_training)
+    return mask.detach().cpu(), pattern.detach().cpu(), hits / len(xs)
+
+
+def anomaly_indices(norms: np.ndarray | torch.Tensor | list[float]) -> np.ndarray:
+    """``(median - norm) / (1.4826 * MAD)`` per label (Wang et al. 2019, Section IV-C).
+
+    Positive for masks smaller than the median. With ``MAD == 0`` (more than half the norms
+    equal) the index is 0 at the median and +inf / -inf below / above it.
+
+    >>> anomaly_indices([1.0, 4.0, 5.0, 6.0, 9.0]).round(3).tolist()
+    [2.698, 0.674, 0.0, -0.674, -2.698]
+    """
+    v = np.asarray(norms.detach().cpu() if isinstance(norms, torch.Tensor) else norms, dtype=np.float64).ravel()
+    if v.size == 0:
+        raise PoisonlabError("anomaly_indices needs the mask norm of at least one label; got none")
+    if not np.all(np.isfinite(v)):
+        raise PoisonlabError("anomaly_indices got non-finite mask norms (nan or inf)")
+    median = float(np.median(v))
+    mad = float(np.median(np.abs(v - median)))
+    diff = median - v
+    if mad == 0:
+        return np.where(diff > 0, np.inf, np.where(diff < 0, -np.inf, 0.0))
+    return diff / (MAD_CONSTANT * mad)
+
+
+@dataclass
+class NeuralCleanseResult:
+    """Per label: the reverse-engineered mask's L1 norm, its anomaly index, the trigger itself
+    and its success rate; the labels flagged as infected (anomaly index > ``threshold``)."""
+
+    norms: np.ndarray
+    anomaly: np.ndarray
+    flagged: list[int]
+    masks: torch.Tensor
+    patterns: torch.Tensor
+    success: np.ndarray
+    threshold: float = ANOMALY_THRESHOLD
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def neural_cleanse(model: nn.Module, x_clean: torch.Tensor | Dataset, num_classes: int, steps: int = 300,
+                   lam: float = 0.01, lr: float = 0.1, seed: int = 0, batch_size: int = 64,
+                   device: torch.device | str = "cpu") -> NeuralCleanseResult:
+    """Reverse-engineer a trigger for every label and flag the outliers (Wang et al. 2019, Section IV).
+
+    Labels whose mask L1 norm has an anomaly index above 2 are ``flagged``, most anomalous first.
+    """
+    xs = _images(x_clean, "x_clean")
+    _check_params(steps, lr, lam, batch_size, seed)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
+        raise PoisonlabError(f"Neural Cleanse needs num_classes >= 2 to compare labels, got {num_classes!r}")
+    masks, patterns, success = [], [], []
+    for t in range(int(num_classes)):
+        m, p, s = reverse_engineer_trigger(model, xs, t, steps, lr, lam, seed, batch_size, device)
+        masks.append(m)
+        patterns.append(p)
+        success.append(s)
+    mask_t = torch.stack(masks)
+    norms = mask_t.abs().sum((1, 2)).double().numpy()
+    anomaly = anomaly_indices(norms)
+    flagged = [int(t) for t in np.argsort(-anomaly, kind="stable") if anomaly[t] > ANOMALY_THRESHOLD]
+    return NeuralCleanseResult(norms, anomaly, flagged, mask_t, torch.stack(patterns), np.asarray(success),
+                               ANOMALY_THRESHOLD, {"steps": int(steps), "lam": lam, "lr": lr, "seed": seed,
+                                                   "batch_size": batch_size})
