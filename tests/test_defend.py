@@ -67,3 +67,23 @@ def test_one_defense_twice_with_labels():
         check_defenses([{"name": "pruning"}, {"name": "pruning"}])
     with pytest.raises(PoisonlabError, match="defense.label must be 1-40 letters"):
         check_defenses([{"name": "pruning", "label": "has space"}])
+
+
+def test_filtering_defenses_remove_rows_and_retrain(tmp_path):
+    cfg = load_config(None, BASE + [f"output.dir={tmp_path}", "output.plots=false",
+                                    "defenses=[{name: spectral-signatures, epsilon: 0.1}, {name: activation-clustering, "
+                                    "reduce: pca}]"], device="cpu")
+    out = run_experiment(cfg)
+    m = out.metrics
+    ss = m["defenses"]["spectral-signatures"]
+    assert ss["n_removed"] == ss["detection"]["n_removed"] and ss["n_removed"] > 0
+    d = ss["detection"]
+    assert d["true_positives"] + d["false_negatives"] == m["attack"]["n_poison"] == d["n_poison"]
+    assert d["recall"] == d["true_positives"] / m["attack"]["n_poison"]
+    assert d["n_rows"] == m["data"]["train"] + m["attack"]["n_poison"]
+    # 1.5 * epsilon of every class is removed: 15% of the rows, up to rounding per class
+    assert abs(ss["n_removed"] - 0.15 * d["n_rows"]) <= 10
+    assert ss["target_class_clean_removed"] == d["clean_removed_share_per_class"][0]
+    assert ss["defense_seconds"] > 0 and "activation-clustering" in m["defenses"]
+    rows = list(csv.DictReader((out.path / "tables" / "defenses.csv").open()))
+    assert rows[1]["poisons removed"] == f"{100 * d['recall']:.2f}%" and rows[1]["channels pruned"] == "–"

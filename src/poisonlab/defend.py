@@ -52,11 +52,13 @@ def check_defenses(raw: list[dict[str, Any]]) -> list[tuple[str, Any]]:
 def run_defenses(defenses: list[tuple[str, Any]], model: nn.Module, val: Dataset | None, test: Dataset,
                  attack_set: AttackTestSet | None, evaluate: Evaluate, seed: int, device: torch.device,
                  undefended: dict[str, Any], folder: RunFolder | None = None,
-                 attack_label: str = "BadNet") -> DefenseReport:
+                 attack_label: str = "BadNet", context: Any = None) -> DefenseReport:
     """Run each defense on a copy of ``model``; ``evaluate(model, name)`` measures a defended model.
 
     ``attack_label`` names the attacked model in the table's first column; files of a
-    model other than the plain BadNet get its label as a suffix.
+    model other than the plain BadNet get its label as a suffix. ``context`` (a
+    :class:`~poisonlab.defenses.filter_defenses.FilterContext`) lets filtering defenses
+    remove training rows and retrain.
     """
     result = DefenseReport()
     if not defenses:
@@ -67,14 +69,20 @@ def run_defenses(defenses: list[tuple[str, Any]], model: nn.Module, val: Dataset
     result.rows.append(_row(attack_label, "none", undefended, undefended, None))
     for name, cfg in defenses:
         start = time.perf_counter()
-        outcome = DEFENSES.get(getattr(cfg, "name", name)).run(model, cfg, val, test, attack_set, seed=seed, device=device)
+        spec = DEFENSES.get(getattr(cfg, "name", name))
+        if spec.kind == "filter":
+            if context is None:
+                raise PoisonlabError(f"defense '{name}' filters the training set; it applies to the BadNet only")
+            outcome = spec.run(model, cfg, context, seed=seed, device=device)
+        else:
+            outcome = spec.run(model, cfg, val, test, attack_set, seed=seed, device=device)
         seconds = time.perf_counter() - start
         measured = evaluate(outcome.model, name)
         entry = {**measured, "defense_seconds": seconds, "peak_rss_mb": peak_rss_mb(), **outcome.summary()}
         entry["clean_accuracy_drop"] = undefended["clean_accuracy"] - measured["clean_accuracy"]
         result.metrics[name] = entry
-        result.rows.append(_row(attack_label, name, entry, undefended,
-                                outcome.curve.fraction_pruned if outcome.curve else 0.0))
+        pruned = outcome.curve.fraction_pruned if outcome.curve else (None if spec.kind == "filter" else 0.0)
+        result.rows.append(_row(attack_label, name, entry, undefended, pruned))
         if folder is not None and outcome.curve is not None:
             outcome.curve.write_csv(folder.file("tables", f"pruning_curve_{name}{suffix}.csv"))
             plot_pruning_curve(folder.file("plots", f"pruning_curve_{name}{suffix}.png"), outcome.curve)
@@ -87,5 +95,7 @@ def _row(attack: str, name: str, m: dict[str, Any], undefended: dict[str, Any], 
             "attack success": report.pct(m.get("attack_success_rate")),
             "channels pruned": "–" if pruned is None else report.pct(pruned),
             "accuracy drop": f"{100 * drop:+.2f} pt" if name != "none" else "–",
+            "poisons removed": report.pct(m["detection"]["recall"]) if "detection" in m else "–",
+            "clean target rows removed": report.pct(m.get("target_class_clean_removed")) if "detection" in m else "–",
             "seconds": f"{m.get('defense_seconds', 0.0):.1f}" if name != "none" else "–",
             "peak MiB": f"{m['peak_rss_mb']:.0f}" if "peak_rss_mb" in m else "–"}

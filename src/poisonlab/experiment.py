@@ -28,6 +28,7 @@ from .data import load_dataset
 from .data.base import Dataset
 from .data.splits import carve_validation, limit_rows
 from .defend import check_defenses, run_defenses
+from .defenses import FilterContext
 from .errors import PoisonlabError
 from .metrics import (
     accuracy,
@@ -236,11 +237,16 @@ def run_experiment(cfg: ExperimentConfig, quiet: bool = False) -> RunOutcome:
                 if cfg.output.save_weights:
                     save_weights(pa_model, folder.file("weights", "pruning_aware.safetensors"))
             rows: list[dict[str, str]] = []
+            target = (cfg.attack or {}).get("target", 0) if (cfg.attack or {}).get("labels", "single-target") \
+                == "single-target" else None
+            context = FilterContext(poison.dataset, poison.poison_mask,
+                                    lambda ds, name: train_one(cfg, ds, val, device, f"retrain ({name})").model, target)
             for label, model, undefended, where in victims:
                 defended = run_defenses(
                     defenses, model, val, test, attack_set,
                     lambda m, name: evaluate(m, test, attack_set, cfg, device, name)[0],
-                    cfg.seed, device, {**undefended, "peak_rss_mb": peak_rss_mb()}, folder, attack_label=label)
+                    cfg.seed, device, {**undefended, "peak_rss_mb": peak_rss_mb()}, folder, attack_label=label,
+                    context=context if label == "BadNet" else None)
                 if defended.metrics:
                     where["defenses"] = defended.metrics
                     rows += defended.rows

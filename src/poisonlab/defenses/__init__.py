@@ -24,6 +24,9 @@ class DefenseSpec:
     description: str
     config: type
     run: Callable[..., Any]
+    kind: str = "model"
+    """``model``: acts on the trained model (pruning, fine-tuning); ``filter``: removes training
+    rows and retrains (needs a :class:`~poisonlab.defenses.filter_defenses.FilterContext`)."""
 
     def from_config(self, raw: dict[str, Any] | None = None) -> Any:
         """The validated config of this defense from its ``defense:`` section."""
@@ -53,6 +56,14 @@ from .pruning import (  # noqa: E402
     pruning_curve,
 )
 
+from .filter_defenses import (  # noqa: E402
+    ActivationClusteringConfig,
+    FilterContext,
+    SpectralConfig,
+    activation_clustering_defense,
+    spectral_defense,
+)
+
 for _spec in (
     DefenseSpec("pruning", "prune dormant conv channels until validation accuracy drops (Liu et al. 2018, 3.1)",
                 FinePruningConfig, prune_defense),
@@ -60,6 +71,11 @@ for _spec in (
                 FinePruningConfig, fine_tune_defense),
     DefenseSpec("fine-pruning", "prune dormant channels, then fine-tune (Liu et al. 2018, 3.3)",
                 FinePruningConfig, fine_prune),
+    DefenseSpec("spectral-signatures", "remove rows with outlying spectral scores per class, retrain "
+                "(Tran, Li, Madry 2018)", SpectralConfig, spectral_defense, kind="filter"),
+    DefenseSpec("activation-clustering", "2-means per class on penultimate activations, remove the small "
+                "cluster, retrain (Chen et al. 2018)", ActivationClusteringConfig, activation_clustering_defense,
+                kind="filter"),
 ):
     DEFENSES.register(_spec.name)(_spec)
 
@@ -67,5 +83,6 @@ for _spec in (
 __all__ = [
     "DEFENSES", "DefenseSpec", "ChannelMask", "DefenseOutcome", "FinePruningConfig", "PruningResult",
     "activation_point", "channel_means", "prune_order", "pruning_curve", "plot_pruning_curve", "fine_tune",
-    "prune_defense", "fine_tune_defense", "fine_prune",
+    "prune_defense", "fine_tune_defense", "fine_prune", "FilterContext", "SpectralConfig",
+    "ActivationClusteringConfig", "spectral_defense", "activation_clustering_defense",
 ]

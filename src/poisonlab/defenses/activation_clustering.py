@@ -49,13 +49,21 @@ def _reduce(centred: np.ndarray, d: int, how: str, seed: int) -> tuple[np.ndarra
     not converging) are returned as text."""
     from sklearn.decomposition import PCA, FastICA
 
+    notes: list[str] = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        z = None
         if how == "ica":
-            z = FastICA(n_components=d, random_state=seed, whiten="unit-variance").fit_transform(centred)
-        else:
+            try:
+                z = FastICA(n_components=d, random_state=seed, whiten="unit-variance").fit_transform(centred)
+            except (ValueError, np.linalg.LinAlgError) as exc:
+                notes.append(f"FastICA failed ({str(exc).splitlines()[0]}); used PCA")
+            if z is not None and not np.isfinite(z).all():
+                notes.append("FastICA gave non-finite components; used PCA")
+                z = None
+        if z is None:
             z = PCA(n_components=d, svd_solver="full", random_state=seed).fit_transform(centred)
-    return z, [str(w.message).splitlines()[0] for w in caught]
+    return z, notes + [str(w.message).splitlines()[0] for w in caught]
 
 
 def _two_means(z: np.ndarray, seed: int) -> np.ndarray:

@@ -1,0 +1,110 @@
+"""Filtering defenses as registered defenses: score the training rows, drop the suspects, retrain.
+
+Spectral Signatures (Tran, Li, Madry 2018) and Activation Clustering (Chen et al. 2018) read
+the suspect model's representations (the input of its last linear layer) of its own,
+possibly poisoned, training rows, grouped by their training labels. The rows they flag are
+removed and the experiment's victim is retrained on the rest the same way it was trained
+first; the report gives detection precision / recall / FPR against the known poison mask,
+the share removed (overall and of the attack's target class) and the retrained model's
+clean accuracy and attack success.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Callable, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data.base import Dataset
+from ..errors import PoisonlabError
+from .activation_clustering import activation_clustering
+from .filtering import FilterResult, detection_metrics, representations
+from .pruning import DefenseOutcome, check_label
+from .spectral import spectral_signatures
+
+
+@dataclass
+class FilterContext:
+    """What a filtering defense needs beyond the model: the poisoned training set, its poison
+    mask (for the report only) and how the experiment retrains its victim."""
+
+    train: Dataset
+    poison_mask: torch.Tensor
+    retrain: Callable[[Dataset, str], nn.Module]
+    target: int | None = None
+
+
+@dataclass
+class SpectralConfig:
+    """``defenses:`` keys of Spectral Signatures: ``epsilon`` is the poison rate the defender
+    assumes; ``1.5 * epsilon`` of each class (by training label) is removed."""
+
+    name: str = "spectral-signatures"
+    label: str | None = None
+    epsilon: float = 0.1
+    removal_factor: float = 1.5
+    layer: str | None = "auto"
+    batch_size: int = 1024
+
+    def validate(self) -> None:
+        check_label(self.label)
+        if not 0 < self.epsilon < 1:
+            raise PoisonlabError(f"defense.epsilon must be in (0, 1) (the assumed poison rate), got {self.epsilon}")
+        if not self.removal_factor > 0:
+            raise PoisonlabError(f"defense.removal_factor must be > 0, got {self.removal_factor}")
+
+
+@dataclass
+class ActivationClusteringConfig:
+    """``defenses:`` keys of Activation Clustering (per class: reduce to ``dims``, 2-means,
+    flag the smaller cluster by relative size or silhouette)."""
+
+    name: str = "activation-clustering"
+    label: str | None = None
+    dims: int = 10
+    reduce: Literal["ica", "pca"] = "ica"
+    rule: Literal["size", "silhouette"] = "size"
+    size_threshold: float = 0.35
+    silhouette_threshold: float = 0.10
+    layer: str | None = "auto"
+    batch_size: int = 1024
+
+    def validate(self) -> None:
+        check_label(self.label)
+        if self.dims < 1:
+            raise PoisonlabError(f"defense.dims must be >= 1, got {self.dims}")
+        if not 0 < self.size_threshold < 1:
+            raise PoisonlabError(f"defense.size_threshold must be in (0, 1), got {self.size_threshold}")
+
+
+def _filter(model: nn.Module, ctx: FilterContext, layer: str | None, batch_size: int,
+            decide: Callable[[np.ndarray, np.ndarray], FilterResult], name: str) -> DefenseOutcome:
+    reprs = representations(model.eval(), ctx.train.x, layer, batch_size)
+    labels = ctx.train.y.numpy()
+    result = decide(reprs, labels)
+    keep = torch.from_numpy(result.keep)
+    retrained = ctx.retrain(ctx.train.subset(keep.nonzero().flatten()), name)
+    m = detection_metrics(result.remove, ctx.poison_mask.numpy(), labels, ctx.train.num_classes)
+    extra: dict[str, Any] = {"detection": m, "n_removed": result.n_removed,
+                             "removed_share": result.n_removed / len(labels)}
+    if ctx.target is not None:
+        extra["target_class_clean_removed"] = m["clean_removed_share_per_class"][ctx.target]
+    return DefenseOutcome(retrained, extra=extra)
+
+
+def spectral_defense(model: nn.Module, cfg: SpectralConfig, ctx: FilterContext, seed: int = 0,
+                     device: torch.device | str = "cpu") -> DefenseOutcome:
+    """Spectral Signatures, then retraining on the kept rows; ``model`` is untouched."""
+    return _filter(copy.deepcopy(model), ctx, cfg.layer, cfg.batch_size,
+                   lambda r, y: spectral_signatures(r, y, cfg.epsilon, cfg.removal_factor), cfg.label or cfg.name)
+
+
+def activation_clustering_defense(model: nn.Module, cfg: ActivationClusteringConfig, ctx: FilterContext,
+                                  seed: int = 0, device: torch.device | str = "cpu") -> DefenseOutcome:
+    """Activation Clustering, then retraining on the kept rows; ``model`` is untouched."""
+    return _filter(copy.deepcopy(model), ctx, cfg.layer, cfg.batch_size,
+                   lambda r, y: activation_clustering(r, y, cfg.dims, cfg.reduce, cfg.rule, cfg.size_threshold,
+                                                      cfg.silhouette_threshold, seed), cfg.label or cfg.name)
