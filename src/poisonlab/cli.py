@@ -261,6 +261,29 @@ def traffic_table_cmd(
         plot_traffic_table(plot, baseline or {}, nets)
 
 
+@app.command()
+def matrix(
+    grid: Path = typer.Argument(..., help="grid YAML file: base, attacks, defenses, seeds (see examples/matrix_*.yaml)"),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="where data files are (also $POISONLAB_DATA)"),
+    output: Optional[Path] = typer.Option(None, "--output", help="runs folder (overrides output.dir)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
+) -> None:
+    """Run a grid of attacks x defenses x seeds: one experiment per (attack, seed), reusing finished
+    ones from the run store, and print one table of mean ± std over seeds."""
+    from . import progress
+    from .matrix import STD_NOTE, load_grid, print_matrix, run_matrix
+
+    g = load_grid(grid, data_dir=data_dir, output_dir=output)
+    if quiet:
+        progress.set_enabled(False)
+    outcome = run_matrix(g, echo=typer.echo)
+    print_matrix(outcome.table, f"{g.name}: attack x defense over {len(g.seeds)} seed(s)")
+    typer.echo(STD_NOTE)
+    typer.echo(f"cells: {len(outcome.computed)} computed, {len(outcome.reused)} reused; "
+               f"time {outcome.metrics['time']['total_seconds']:.1f}s")
+    typer.echo(f"run folder: {outcome.path}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one-line errors and exit status 2 for bad input."""
     try:
