@@ -13,7 +13,7 @@ from poisonlab.models import MODELS
 from poisonlab.subpop.config import load_subpop_config
 
 ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES = sorted(p for p in (ROOT / "examples").glob("*.yaml") if not p.name.startswith("subpop_"))
+EXAMPLES = sorted(p for p in (ROOT / "examples").glob("*.yaml") if not p.name.startswith(("subpop_", "matrix_")))
 SUBPOP_EXAMPLES = sorted((ROOT / "examples").glob("subpop_*.yaml"))
 SHARED = ROOT.parent / "shared" / "data"
 

@@ -77,6 +77,7 @@ def test_pruning_aware_attack_and_defense_table(run):
     summary = next(r["summary"] for r in list_runs(out_dir) if r["id"] == out.run_id)
     assert summary["pruning_aware_attack_success"] == pa["attack_success_rate"]
     assert summary["pruning_aware_fine-pruning_attack_success"] == pa["defenses"]["fine-pruning"]["attack_success_rate"]
+    assert summary["fine-pruning_attack_success"] == out.metrics["defenses"]["fine-pruning"]["attack_success_rate"]
     assert pa["n_pruned"] > 0 and pa["n_pruned"] == len(pa["pruned"])
     assert set(pa["defenses"]) == {"pruning", "fine-pruning"} and set(out.metrics["defenses"]) == {"pruning", "fine-pruning"}
     # re-inserted channels stay dormant on clean training data (saved weights, fresh model)

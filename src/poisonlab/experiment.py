@@ -347,8 +347,9 @@ def summarize(metrics: dict[str, Any]) -> dict[str, Any]:
                     "n_poison": metrics["attack"]["n_poison"]})
     if "pruning_aware" in metrics:
         out["pruning_aware_attack_success"] = metrics["pruning_aware"].get("attack_success_rate")
-    for model_key, prefix in (("badnet", ""), ("pruning_aware", "pruning_aware_")):
-        for name, d in metrics.get(model_key, {}).get("defenses", {}).items():
+    # the BadNet's defenses sit at the top level of the metrics, the pruning-aware model's under it
+    for defended, prefix in ((metrics, ""), (metrics.get("pruning_aware", {}), "pruning_aware_")):
+        for name, d in defended.get("defenses", {}).items():
             out[f"{prefix}{name}_attack_success"] = d.get("attack_success_rate")
     if "transfer" in metrics:
         for s in metrics["transfer"]["students"]:
