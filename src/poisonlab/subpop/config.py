@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from ..config import OutputConfig, apply_overrides, from_dict, read_yaml
 from ..errors import PoisonlabError
+from .defended import DefenseSpec, parse_defenses
 from .learners import LearnerSpec
 
 
@@ -61,6 +62,9 @@ class SubpopConfig:
     subpopulations: SubpopulationsConfig = field(default_factory=SubpopulationsConfig)
     attack: SubpopAttackConfig = field(default_factory=SubpopAttackConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    # ``defenses:``: [{name: trim | sever | spectral-signatures | activation-clustering, label?, ...}]
+    # (:mod:`poisonlab.subpop.defended`); fixed thresholds, filled with their defaults by validate()
+    defenses: list[Any] = field(default_factory=list)
 
     def validate(self) -> None:
         d, s, a = self.data, self.subpopulations, self.attack
@@ -87,6 +91,11 @@ class SubpopConfig:
             if not ok:
                 raise PoisonlabError(message)
         self.model.validate()
+        self.defenses = [d.to_dict() for d in parse_defenses(self.defenses)]
+
+    def defense_specs(self) -> list[DefenseSpec]:
+        """The validated ``defenses:`` list."""
+        return parse_defenses(self.defenses)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

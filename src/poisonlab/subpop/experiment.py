@@ -3,8 +3,8 @@
 load -> victim / attacker split of the training rows (Sec. 3) -> features (TF-IDF for
 text) -> clean victim model A(D) and the attacker's own model -> subpopulations
 (FeatureMatch or ClusterMatch, Sec. 4.1) and each one's poison label (Sec. 4.2) -> the sweep
-over subpopulations x alphas (:mod:`poisonlab.subpop.sweep`) -> tables, plots, run folder
-and index row.
+over subpopulations x alphas (:mod:`poisonlab.subpop.sweep`), with the configured defenses
+(:mod:`poisonlab.subpop.defended`) run in every task -> tables, plots, run folder and index row.
 """
 from __future__ import annotations
 
@@ -25,7 +25,16 @@ from ..errors import PoisonlabError
 from ..resources import peak_rss_mb, timed
 from ..store import RunFolder, index_run, open_run, save_weights
 from .config import SubpopConfig
-from .learners import TextFeatures, featurize, fit_scratch, fit_victim, predictions, probabilities, representation
+from .defended import defense_rows, defense_summary
+from .learners import (
+    TextFeatures,
+    featurize,
+    fit_scratch,
+    fit_victim,
+    predictions,
+    probabilities,
+    representation,
+)
 from .metrics import worst_k_summary
 from .poisons import least_likely_label
 from .subpopulations import Subpopulation, feature_match, fit_cluster_match, membership
@@ -90,12 +99,13 @@ def run_subpop_experiment(cfg: SubpopConfig) -> tuple[RunFolder, dict[str, Any]]
         labels = [int(cfg.attack.label)] * len(subs)
     workers = cfg.workers or default_workers()
     inputs = SweepInputs(spec, victim, attacker, test, pretrained if spec.mode != "scratch" else None, clean_pred,
-                         a_members, t_members, labels, list(cfg.attack.alphas), cfg.seed)
+                         a_members, t_members, labels, list(cfg.attack.alphas), cfg.seed, cfg.defense_specs())
     with timed(times, "sweep_seconds"):
         results = run_sweep(inputs, workers)
     rows = [_row(subs[r["index"]], a_members[r["index"]], t_members[r["index"]], r) for r in results]
     summary = worst_k_summary([{"subpop_id": r["subpop_id"], "alpha": r["alpha"], "target": r["target"],
                                 "collateral": r["collateral"]} for r in rows])
+    defenses = defense_summary(rows, [d.label for d in inputs.defenses]) if inputs.defenses else []
     y = test.y.numpy()
     times["total_seconds"] = time.perf_counter() - start
     metrics: dict[str, Any] = {
@@ -106,11 +116,13 @@ def run_subpop_experiment(cfg: SubpopConfig) -> tuple[RunFolder, dict[str, Any]]
         "model": {"name": spec.name, "options": spec.options, "mode": spec.mode,
                   "clean_accuracy": float((clean_pred == y).mean())},
         "subpopulations": {"kind": cfg.subpopulations.kind, "count": len(subs), **how},
-        "summary": summary, "rows": rows, "time": times,
+        "summary": summary, "defenses": defenses, "rows": rows, "time": times,
         "retrainings": len(results), "seconds_per_retraining": float(np.mean([r["seconds"] for r in results])),
         "peak_memory_mb": {"rss": peak_rss_mb()},
     }
     resolved = cfg.to_dict()
+    if not resolved["defenses"]:  # no defense: the same hash as before defenses existed
+        del resolved["defenses"]
     chash = config_hash({k: v for k, v in resolved.items() if k not in ("output", "workers")}
                         | {"data": {k: v for k, v in resolved["data"].items() if k != "dir"}})
     with open_run(cfg.output.dir, cfg.name, chash) as folder:
@@ -161,6 +173,11 @@ def _write(folder: RunFolder, cfg: SubpopConfig, resolved: dict[str, Any], metri
     folder.write_text("tables/subpopulations.csv", report.to_csv(rows))
     folder.write_text("tables/summary.md", report.to_markdown(summary_rows(summary), f"{cfg.name}: worst-k target damage"))
     folder.write_text("tables/summary.csv", report.to_csv(summary_rows(summary)))
+    if metrics["defenses"]:
+        drows = defense_rows(metrics["defenses"])
+        title = f"{cfg.name}: defenses (damage against the same clean model A(D))"
+        folder.write_text("tables/defenses.md", report.to_markdown(drows, title))
+        folder.write_text("tables/defenses.csv", report.to_csv(drows))
     folder.write_text("tables/hardest_hit.md", report.to_markdown(fairness_rows(rows), f"{cfg.name}: hardest-hit subpopulations"))
     if cfg.output.save_weights:
         save_weights(clean, folder.file("weights", "clean.safetensors"))

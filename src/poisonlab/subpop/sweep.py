@@ -10,6 +10,12 @@ The clean model, the attacker's rows and the memberships are computed once by th
 and handed to the workers by ``fork`` (copy-on-write, nothing pickled per task); each task
 seeds its own poison draw and training from (seed, subpopulation index, alpha index), so a
 parallel sweep returns exactly the serial sweep's numbers, in the same order.
+
+With ``defenses`` (:mod:`poisonlab.subpop.defended`), each task also runs every defense on
+D ∪ D_p, retrains on the rows it keeps and adds ``"{label}:target"``, ``":collateral"``,
+``":clean_accuracy"``, ``":poisons_removed"`` and ``":clean_removed"`` to its result, measured
+against the same clean predictions A(D). Defenses are deterministic given the task's seed
+and their thresholds are fixed parameters (no test row is read to choose them).
 """
 from __future__ import annotations
 
@@ -17,7 +23,7 @@ import multiprocessing as mp
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -27,6 +33,7 @@ from torch import nn
 from .. import progress
 from ..data.base import Dataset
 from ..errors import PoisonlabError
+from .defended import DefenseSpec, apply_defense
 from .learners import LearnerSpec, fit_victim, predictions
 from .metrics import accuracy_on, collateral, target_damage
 from .poisons import label_flip_poisons
@@ -47,6 +54,7 @@ class SweepInputs:
     labels: list[int]            # per subpopulation: the poison label
     alphas: list[float]
     seed: int
+    defenses: list[DefenseSpec] = field(default_factory=list)  # run in every task after the undefended fit
 
 
 _SHARED: SweepInputs | None = None
@@ -65,13 +73,24 @@ def run_task(i: int, j: int) -> dict[str, Any]:
     pred = predictions(model, s.test.x)
     y = s.test.y.numpy()
     member = s.test_members[i]
-    return {"index": i, "alpha": s.alphas[j], "n_poison": int(len(y_p)), "label": s.labels[i],
-            "target": target_damage(s.clean_pred, pred, y, member),
-            "collateral": collateral(s.clean_pred, pred, y, member),
-            "subpop_accuracy_before": accuracy_on(s.clean_pred, y, member),
-            "subpop_accuracy_after": accuracy_on(pred, y, member),
-            "clean_accuracy_after": float((pred == y).mean()),
-            "seconds": time.perf_counter() - start}
+    out: dict[str, Any] = {
+        "index": i, "alpha": s.alphas[j], "n_poison": int(len(y_p)), "label": s.labels[i],
+        "target": target_damage(s.clean_pred, pred, y, member),
+        "collateral": collateral(s.clean_pred, pred, y, member),
+        "subpop_accuracy_before": accuracy_on(s.clean_pred, y, member),
+        "subpop_accuracy_after": accuracy_on(pred, y, member),
+        "clean_accuracy_after": float((pred == y).mean())}
+    n_clean = len(s.victim)
+    for d in s.defenses:
+        remove, defended = apply_defense(d, s.spec, s.pretrained, poisoned, model, s.seed)
+        pred_d = predictions(defended, s.test.x)
+        out.update({f"{d.label}:target": target_damage(s.clean_pred, pred_d, y, member),
+                    f"{d.label}:collateral": collateral(s.clean_pred, pred_d, y, member),
+                    f"{d.label}:clean_accuracy": float((pred_d == y).mean()),
+                    f"{d.label}:poisons_removed": float(remove[n_clean:].mean()) if len(y_p) else float("nan"),
+                    f"{d.label}:clean_removed": float(remove[:n_clean].mean())})
+    out["seconds"] = time.perf_counter() - start
+    return out
 
 
 def _init_worker() -> None:
