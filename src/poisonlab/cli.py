@@ -203,8 +203,10 @@ def subpop(
     output: Optional[Path] = typer.Option(None, "--output", help="runs folder (overrides output.dir)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
 ) -> None:
-    """Subpopulation poisoning (Jagielski et al. 2021): find subpopulations, poison each by label
-    flipping at every alpha, retrain, and measure target damage and collateral."""
+    """Subpopulation poisoning sweep (Jagielski et al. 2021): target damage and collateral.
+
+    Finds subpopulations (FeatureMatch or ClusterMatch), poisons each by label flipping at
+    every alpha, retrains the victim and measures against the clean model."""
     from . import progress, report
     from .subpop.config import load_subpop_config
     from .subpop.experiment import fairness_rows, run_subpop_experiment, summary_rows
@@ -234,8 +236,10 @@ def traffic_table_cmd(
     plot: Optional[Path] = typer.Option(None, "--plot", help="also write the grouped bar chart to this PNG"),
     csv_out: Optional[Path] = typer.Option(None, "--csv", help="also write the table to this CSV file"),
 ) -> None:
-    """One BadNets Sec. 4 table from several GTSRB runs: clean accuracy of the baseline and, per
-    trigger, the BadNet's clean and backdoor accuracy by sign type (stop, speed limit, warning, other)."""
+    """GTSRB runs side by side, by sign type (BadNets Sec. 4 table).
+
+    Clean accuracy of the baseline and, per trigger, the BadNet's clean and backdoor accuracy
+    for stop, speed limit, warning and other signs."""
     from . import report
     from .store import find_run, read_metrics
     from .traffic_report import plot_traffic_table, traffic_table
@@ -268,8 +272,9 @@ def matrix(
     output: Optional[Path] = typer.Option(None, "--output", help="runs folder (overrides output.dir)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
 ) -> None:
-    """Run a grid of attacks x defenses x seeds: one experiment per (attack, seed), reusing finished
-    ones from the run store, and print one table of mean ± std over seeds."""
+    """Attacks x defenses x seeds in one table (mean ± std over seeds).
+
+    One experiment per (attack, seed); finished ones are reused from the run store."""
     from . import progress
     from .matrix import STD_NOTE, load_grid, print_matrix, run_matrix
 
