@@ -85,5 +85,10 @@ def test_filtering_defenses_remove_rows_and_retrain(tmp_path):
     assert abs(ss["n_removed"] - 0.15 * d["n_rows"]) <= 10
     assert ss["target_class_clean_removed"] == d["clean_removed_share_per_class"][0]
     assert ss["defense_seconds"] > 0 and "activation-clustering" in m["defenses"]
+    assert sum(c["removed"] for c in ss["per_class"].values()) == ss["n_removed"]  # per-class details recorded
+    ac = m["defenses"]["activation-clustering"]
+    assert sum(c["n"] for c in ac["per_class"].values()) == d["n_rows"]
+    flagged = [c for c in ac["per_class"].values() if c["flagged"]]
+    assert sum(c["sizes"][1] for c in flagged) == ac["n_removed"] and all(c["relative_size"] <= 0.35 for c in flagged)
     rows = list(csv.DictReader((out.path / "tables" / "defenses.csv").open()))
     assert rows[1]["poisons removed"] == f"{100 * d['recall']:.2f}%" and rows[1]["channels pruned"] == "–"

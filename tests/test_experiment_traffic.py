@@ -178,3 +178,17 @@ def test_strengthening_channel_choice():
     assert strengthening_channels(TransferConfig(), [], [9, 3, 1, 0])[0] == [9, 3, 1]
     with pytest.raises(PoisonlabError, match="set transfer.strengthen_channels"):
         strengthening_channels(TransferConfig(), None, None)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["analysis={layer: nosuch}"], "model has no layer 'nosuch'"),
+    (["analysis={layer: fc1}"], "layer 'fc1' is a Linear, not a convolution"),
+    (["transfer={task: same, strengthen_k: [1, 5], strengthen_layer: nosuch}"], "model has no layer 'nosuch'"),
+    (["pruning_aware={layer: fc1}"], "'fc1' is a Linear, not a Conv2d"),
+])
+def test_unknown_layer_names_fail_before_training(tmp_path, overrides, message):
+    cfg = load_config(None, ["train.epochs=1", f"output.dir={tmp_path}", "attack={name: badnets, p: 0.1}"]
+                      + overrides, device="cpu")
+    with pytest.raises(PoisonlabError, match=message):
+        experiment.run_experiment(cfg, quiet=True)
+    assert not (tmp_path / ".cache").exists()  # nothing was trained

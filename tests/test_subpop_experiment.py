@@ -171,3 +171,13 @@ def test_transfer_and_fine_tune_modes(mode, one_thread):
         assert {"fc1.weight", "out.weight"} <= changed
     with pytest.raises(PoisonlabError, match="continues a clean model"):
         fit_victim(spec, None, data, 0)
+
+
+def test_unknown_cluster_layer_fails_before_training(tmp_path, monkeypatch):
+    _patched(monkeypatch, SPLIT)
+    cfg = load_subpop_config(None, BASE + [f"output.dir={tmp_path}", "subpopulations={kind: cluster-match, layer: fc9}"])
+    calls = []
+    monkeypatch.setattr(sub_experiment, "fit_scratch", lambda *a, **k: calls.append(1))
+    with pytest.raises(PoisonlabError, match="model has no layer 'fc9'"):
+        sub_experiment.run_subpop_experiment(cfg)
+    assert calls == []

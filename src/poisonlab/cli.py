@@ -257,6 +257,9 @@ def traffic_table_cmd(
         while name in nets:
             name += "'"
         nets[name] = (groups["badnet_clean"], groups["badnet_backdoor"])
+    for out in (csv_out, plot):
+        if out is not None and not out.parent.is_dir():
+            raise PoisonlabError(f"cannot write {out}: folder {out.parent} does not exist")
     rows = traffic_table(baseline or {}, nets)
     report.print_table(rows, "BadNets on traffic signs, by sign type")
     if csv_out is not None:

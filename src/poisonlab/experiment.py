@@ -20,7 +20,12 @@ import yaml
 from torch import nn
 
 from . import __version__, report
-from .analysis import backdoor_neuron_rows, channel_activation_stats, flag_backdoor_channels, plot_backdoor_neurons
+from .analysis import (
+    backdoor_neuron_rows,
+    channel_activation_stats,
+    flag_backdoor_channels,
+    plot_backdoor_neurons,
+)
 from .attacks import AttackTestSet, build_attack
 from .attacks.pruning_aware import pruning_aware_backdoor, pruning_aware_config
 from .config import ExperimentConfig, config_hash
@@ -29,6 +34,7 @@ from .data.base import Dataset
 from .data.splits import carve_validation, limit_rows
 from .defend import check_defenses, run_defenses
 from .defenses import FilterContext
+from .defenses.pruning import resolve_layer
 from .errors import PoisonlabError
 from .metrics import (
     accuracy,
@@ -40,8 +46,14 @@ from .models import build_model, first_conv
 from .models.layers import conv_layers
 from .resources import peak_cuda_mb, peak_rss_mb, timed
 from .store import RunFolder, index_run, load_weights, open_run, save_weights
+from .traffic_report import (
+    grouped_accuracy,
+    grouped_backdoor,
+    plot_traffic_table,
+    traffic_table,
+)
 from .train import TrainResult, predict, resolve_device, seed_everything, train_model
-from .traffic_report import grouped_accuracy, grouped_backdoor, plot_traffic_table, traffic_table
+from .transfer import conv_layer
 from .transfer_run import plot_transfer, prepare_task, run_transfer, transfer_table
 
 
@@ -176,6 +188,7 @@ def run_experiment(cfg: ExperimentConfig, quiet: bool = False) -> RunOutcome:
     if (defenses or pa_cfg is not None) and val is None:
         raise PoisonlabError("defenses and the pruning-aware attack decide on a clean validation split; "
                              "set data.val_fraction > 0")
+    check_layer_names(cfg, tuple(train.x.shape[1:]), train.num_classes)
     task = prepare_task(cfg.transfer, train, val, test, cfg.seed) if cfg.transfer is not None else None
     if task is not None:
         train = task.teacher_train  # the teacher (U.S. network) never sees the student's images
@@ -277,6 +290,17 @@ def run_experiment(cfg: ExperimentConfig, quiet: bool = False) -> RunOutcome:
         "summary": summarize(metrics), "metrics": metrics,
     })
     return RunOutcome(folder.run_id, folder.path, metrics, table)
+
+
+def check_layer_names(cfg: ExperimentConfig, shape: tuple[int, ...], num_classes: int) -> None:
+    """Fail before any training when a configured layer name does not exist in the model."""
+    model = build_model(cfg.model.name, shape, num_classes, cfg.model.options)
+    if cfg.attack is not None and cfg.analysis.backdoor_neurons and cfg.analysis.layer is not None:
+        conv_layer(model, cfg.analysis.layer)
+    if cfg.transfer is not None and cfg.transfer.strengthen_layer is not None:
+        conv_layer(model, cfg.transfer.strengthen_layer)
+    if cfg.pruning_aware is not None:
+        resolve_layer(model, cfg.pruning_aware.get("layer"))
 
 
 def _last_conv(model: nn.Module) -> str | None:
@@ -423,7 +447,7 @@ def _write_plots(folder: RunFolder, metrics: dict[str, Any], test: Dataset, atta
         if badnet is not None:
             filters["BadNet"] = first_conv(badnet.model).weight
         report.plot_first_layer_filters(folder.file("plots", "first_layer_filters.png"), filters)
-    except Exception:  # models without convolutions have no filters to show
+    except PoisonlabError:  # models without convolutions have no filters to show
         pass
     mats = {"baseline, clean test": np.array(metrics["baseline"]["confusion_clean"])}
     if "badnet" in metrics:

@@ -98,11 +98,17 @@ def freeze_features(model: nn.Module) -> nn.Module:
     if not any(not _under(n, head) for n in conv_layers(model)):
         raise PoisonlabError(f"{type(model).__name__} has no convolutional feature extractor to freeze; "
                              f"use mode 'fine-tune' or a CNN")
+    return _freeze_outside(model, head)
+
+
+def _freeze_outside(model: nn.Module, keep: list[str]) -> nn.Module:
+    """Freeze every parameter outside the modules ``keep`` (leaving those as they are) and hold
+    every batch norm outside them in eval mode; in place."""
     for name, p in model.named_parameters():
-        if not _under(name, head):
+        if not _under(name, keep):
             p.requires_grad_(False)
     for name, m in model.named_modules():
-        if name and not _under(name, head) and isinstance(m, _BatchNorm):
+        if name and not _under(name, keep) and isinstance(m, _BatchNorm):
             m.train = types.MethodType(_frozen_train, m)  # type: ignore[method-assign]
             m.train(False)
     return model
@@ -115,14 +121,7 @@ def freeze_all_but_last_linear(model: nn.Module) -> nn.Module:
     linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     if not linears:
         raise PoisonlabError(f"{type(model).__name__} has no nn.Linear layer to retrain")
-    keep = [linears[-1]]
-    for name, p in model.named_parameters():
-        p.requires_grad_(_under(name, keep))
-    for name, m in model.named_modules():
-        if name and not _under(name, keep) and isinstance(m, _BatchNorm):
-            m.train = types.MethodType(_frozen_train, m)  # type: ignore[method-assign]
-            m.train(False)
-    return model
+    return _freeze_outside(model, linears[-1:])
 
 
 def unfreeze(model: nn.Module) -> nn.Module:

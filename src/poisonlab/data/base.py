@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
@@ -150,6 +150,28 @@ def load_dataset(name: str, data_dir: str | Path | None = None, download: bool =
     if data_dir is not None and not Path(data_dir).expanduser().is_dir() and not download:
         raise PoisonlabError(f"data dir '{data_dir}' does not exist; pass an existing folder with --data-dir")
     return spec.load(spec.candidate_dirs(data_dir), download)
+
+
+def as_image_batch(x: Any, name: str, why: str) -> torch.Tensor:
+    """The (N, C, H, W) tensor of ``x`` (a tensor or a :class:`Dataset`), detached; a one-line
+    error naming ``name`` otherwise, ending with ``why`` (what needs images)."""
+    if isinstance(x, Dataset):
+        x = x.x
+    if not isinstance(x, torch.Tensor):
+        raise PoisonlabError(f"{name} must be an image tensor (N, C, H, W) or a Dataset, got {type(x).__name__}")
+    if x.dim() != 4:
+        raise PoisonlabError(f"{name} must be images (N, C, H, W); got shape {tuple(x.shape)} ({why})")
+    return x.detach()
+
+
+def not_found(dataset: str, what: str, roots: list[Path], hint: str = "") -> PoisonlabError:
+    """The one-line error of a loader that found its data in none of ``roots``.
+
+    ``what`` names what was looked for; ``hint`` ends the line (e.g. where to get the files).
+    """
+    shown = ", ".join(str(d) for d in roots)
+    return PoisonlabError(f"{dataset}: no {what} found; searched {shown}; "
+                          f"put it in one of these folders or pass --data-dir DIR{hint}")
 
 
 def first_dir_with(dirs: list[Path], required: list[str], dataset: str) -> Path:

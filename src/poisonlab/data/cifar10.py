@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import PoisonlabError
-from .base import DATASETS, Dataset, DatasetSpec, DataSplit
+from .base import DATASETS, Dataset, DatasetSpec, DataSplit, not_found
 from .safe_files import download as fetch_url
 from .safe_files import iter_archive, safe_extract
 
@@ -213,11 +213,7 @@ def load_cifar10(roots: list[Path], download: bool = False) -> DataSplit:
             return load_cifar10_from(source)
     if download and roots:
         return load_cifar10_from(download_cifar10(roots[0]))
-    shown = ", ".join(str(d) for d in roots)
-    raise PoisonlabError(
-        f"cifar10: no {FOLDER}/ folder or {ARCHIVE} found; searched {shown}; "
-        "put it in one of these folders, pass --data-dir DIR or use --download"
-    )
+    raise not_found("cifar10", f"{FOLDER}/ folder or {ARCHIVE}", roots, " or use --download")
 
 
 DATASETS.register("cifar10")(

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..errors import PoisonlabError
-from .base import DATASETS, Dataset, DatasetSpec, DataSplit
+from .base import DATASETS, Dataset, DatasetSpec, DataSplit, not_found
 from .safe_files import iter_archive
 
 SIDE = 32
@@ -319,12 +319,8 @@ def load_gtsrb(roots: list[Path], download: bool = False) -> DataSplit:
     for folder in roots:
         if find_sources(folder):
             return load_gtsrb_from(folder)
-    shown = ", ".join(str(d) for d in roots)
     hint = " (GTSRB has no automatic download; get it from the official benchmark site)" if download else ""
-    raise PoisonlabError(
-        f"gtsrb: no GTSRB/Final_Training folder or GTSRB*.zip / GTSRB*.tar.gz found; searched {shown}; "
-        f"put it in one of these folders or pass --data-dir DIR{hint}"
-    )
+    raise not_found("gtsrb", "GTSRB/Final_Training folder or GTSRB*.zip / GTSRB*.tar.gz", roots, hint)
 
 
 DATASETS.register("gtsrb")(

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ..errors import PoisonlabError
-from .base import DATASETS, Dataset, DatasetSpec, DataSplit
+from .base import DATASETS, Dataset, DatasetSpec, DataSplit, not_found
 from .safe_files import iter_archive
 
 FOLDER = "aclImdb"
@@ -168,12 +168,8 @@ def load_imdb(roots: list[Path], download: bool = False) -> DataSplit:
         source = find_source(folder)
         if source is not None:
             return load_imdb_from(source)
-    shown = ", ".join(str(d) for d in roots)
     hint = " (IMDB has no automatic download; get aclImdb_v1.tar.gz from the Stanford AI Lab site)" if download else ""
-    raise PoisonlabError(
-        f"imdb: no {FOLDER}/ folder or {' / '.join(ARCHIVES)} found; searched {shown}; "
-        f"put it in one of these folders or pass --data-dir DIR{hint}"
-    )
+    raise not_found("imdb", f"{FOLDER}/ folder or {' / '.join(ARCHIVES)}", roots, hint)
 
 
 DATASETS.register("imdb")(

@@ -88,8 +88,10 @@ def _filter(model: nn.Module, ctx: FilterContext, layer: str | None, batch_size:
     keep = torch.from_numpy(result.keep)
     retrained = ctx.retrain(ctx.train.subset(keep.nonzero().flatten()), name)
     m = detection_metrics(result.remove, ctx.poison_mask.numpy(), labels, ctx.train.num_classes)
+    per_class = {c: {k: v for k, v in info.items() if k != "direction"}  # drop the per-class singular vectors
+                 for c, info in result.details.get("classes", {}).items()}
     extra: dict[str, Any] = {"detection": m, "n_removed": result.n_removed,
-                             "removed_share": result.n_removed / len(labels)}
+                             "removed_share": result.n_removed / len(labels), "per_class": per_class}
     if ctx.target is not None:
         extra["target_class_clean_removed"] = m["clean_removed_share_per_class"][ctx.target]
     return DefenseOutcome(retrained, extra=extra)

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.base import Dataset
+from ..data.base import Dataset, as_image_batch
 from ..errors import PoisonlabError
 
 __all__ = ["MAD_CONSTANT", "NeuralCleanseResult", "anomaly_indices", "neural_cleanse", "reverse_engineer_trigger"]
@@ -45,16 +45,10 @@ _STREAM_TAG = 0x4EC1  # separates Neural Cleanse's draws from other uses of the 
 
 
 def _images(x: Any, name: str) -> torch.Tensor:
-    if isinstance(x, Dataset):
-        x = x.x
-    if not isinstance(x, torch.Tensor):
-        raise PoisonlabError(f"{name} must be an image tensor (N, C, H, W) or a Dataset, got {type(x).__name__}")
-    if x.dim() != 4:
-        raise PoisonlabError(f"{name} must be images (N, C, H, W); got shape {tuple(x.shape)} "
-                             f"(Neural Cleanse reverse-engineers image triggers and does not apply to other data)")
+    x = as_image_batch(x, name, "Neural Cleanse reverse-engineers image triggers and does not apply to other data")
     if len(x) == 0:
         raise PoisonlabError(f"Neural Cleanse needs clean images in {name}; got 0")
-    return x.detach()
+    return x
 
 
 def _check_params(steps: int, lr: float, lam: float, batch_size: int, seed: int) -> None:

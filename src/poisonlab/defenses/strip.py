@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.base import Dataset
+from ..data.base import Dataset, as_image_batch
 from ..errors import PoisonlabError
 
 __all__ = ["StripResult", "detection_summary", "fit_threshold", "run_strip", "strip_detect", "strip_entropy"]
@@ -37,15 +37,7 @@ _STREAM_TAG = 0x5791  # separates STRIP's overlay draws from other uses of the s
 
 
 def _images(x: Any, name: str) -> torch.Tensor:
-    """A float NCHW image batch from a tensor or a :class:`Dataset`; one-line errors otherwise."""
-    if isinstance(x, Dataset):
-        x = x.x
-    if not isinstance(x, torch.Tensor):
-        raise PoisonlabError(f"{name} must be an image tensor (N, C, H, W) or a Dataset, got {type(x).__name__}")
-    if x.dim() != 4:
-        raise PoisonlabError(f"{name} must be images (N, C, H, W); got shape {tuple(x.shape)} "
-                             f"(STRIP blends images and does not apply to tabular or text data)")
-    return x.detach()
+    return as_image_batch(x, name, "STRIP blends images and does not apply to tabular or text data")
 
 
 def _check_frr(frr: float) -> None:

@@ -22,12 +22,14 @@ from ..data import load_dataset
 from ..data.base import Dataset
 from ..data.splits import limit_rows
 from ..errors import PoisonlabError
+from ..models.layers import get_layer
 from ..resources import peak_rss_mb, timed
 from ..store import RunFolder, index_run, open_run, save_weights
 from .config import SubpopConfig
 from .defended import defense_rows, defense_summary
 from .learners import (
     TextFeatures,
+    build,
     featurize,
     fit_scratch,
     fit_victim,
@@ -81,6 +83,9 @@ def run_subpop_experiment(cfg: SubpopConfig) -> tuple[RunFolder, dict[str, Any]]
     if isinstance(cfg.attack.label, int) and cfg.attack.label >= test.num_classes:
         raise PoisonlabError(f"attack.label {cfg.attack.label} is out of range; the data set has classes "
                              f"0..{test.num_classes - 1}")
+    layer = cfg.subpopulations.layer
+    if cfg.subpopulations.kind == "cluster-match" and layer not in (None, "auto", "input"):
+        get_layer(build(spec, attacker, cfg.seed), layer)  # an unknown layer fails before any training
     with timed(times, "clean_seconds"):
         pretrained = fit_scratch(spec, victim, cfg.seed)
         clean = pretrained if spec.mode == "scratch" else fit_victim(spec, pretrained, victim, cfg.seed)
