@@ -283,3 +283,134 @@ def test_representations_match_subpop_representation_in_batches():
         representations(model, x, batch_size=0)
     with one_line_error("x is empty"):
         representations(model, x[:0])
+
+
+# -- validation rules (thresholds read off a clean validation split) ---------------------
+def half_poisoned_data(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Class 0: 200 clean N(0, I_6) rows and 240 planted rows around 6 * e_0 (the poisons are
+    the *majority*); class 1: 300 clean rows. Clean validation: 100 rows of each class from the
+    clean distribution. Returns reprs, labels, poison mask, val reprs, val labels."""
+    rng = np.random.default_rng(seed)
+    planted = rng.normal(scale=0.5, size=(240, 6))
+    planted[:, 0] += 6.0
+    x = np.concatenate([rng.normal(size=(200, 6)), planted, rng.normal(size=(300, 6))])
+    y = np.r_[np.zeros(440, np.int64), np.ones(300, np.int64)]
+    poison = np.r_[np.zeros(200, bool), np.ones(240, bool), np.zeros(300, bool)]
+    xv = rng.normal(size=(200, 6))
+    yv = np.r_[np.zeros(100, np.int64), np.ones(100, np.int64)]
+    return x, y, poison, xv, yv
+
+
+def test_validation_threshold_by_hand():
+    from poisonlab.defenses.spectral import validation_threshold
+
+    scores = np.array([0.01, 0.01, 0.04, 0.04, 0.09, 0.09, 0.25, 0.25, 1.0, 1.0])
+    assert validation_threshold(scores, 0.2) == 0.25  # k = 2 scores may exceed: the 8th smallest
+    assert validation_threshold(scores, 0.0) == 1.0  # none may exceed: the largest
+    assert validation_threshold(scores, 0.15) == 1.0  # floor(1.5) = 1: the 9th smallest
+
+
+def test_spectral_validation_rule_by_hand():
+    # one feature: the direction is +-1 and the score is (r - validation mean) ** 2
+    val = np.array([-1.0, -0.5, -0.3, -0.2, -0.1, 0.1, 0.2, 0.3, 0.5, 1.0])[:, None]  # mean 0
+    x = np.array([0.0, 0.4, -0.45, 10.0, 11.0])[:, None]
+    r = spectral_signatures(x, np.zeros(5, np.int64), rule="validation", val_reprs=val,
+                            val_labels=np.zeros(10, np.int64), false_removal_rate=0.2)
+    assert np.allclose(r.scores, [0.0, 0.16, 0.2025, 100.0, 121.0])
+    assert r.remove.tolist() == [False, False, False, True, True]  # threshold 0.25: the 8th smallest val score
+    info = r.details["classes"][0]
+    assert info["threshold"] == pytest.approx(0.25) and info["removed"] == 2 and info["n_val"] == 10
+    assert r.details["rule"] == "validation"
+
+
+def test_spectral_validation_rule_finds_majority_poison_that_the_budget_rule_misses():
+    x, y, poison, xv, yv = half_poisoned_data()
+    budget = spectral_signatures(x, y, epsilon=0.5)  # even the true rate: the class mean lies between the groups
+    m_budget = detection_metrics(budget.remove, poison, y, 2)
+    r = spectral_signatures(x, y, rule="validation", val_reprs=xv, val_labels=yv, false_removal_rate=0.05)
+    m = detection_metrics(r.remove, poison, y, 2)
+    assert m["recall"] == 1.0  # every planted row
+    assert m["clean_removed_share_per_class"][0] <= 0.12 and m["clean_removed_share_per_class"][1] <= 0.12
+    assert m_budget["recall"] < 0.9 or m_budget["clean_removed_share_per_class"][0] > 0.5
+
+
+def test_activation_clustering_validation_rule_flags_the_larger_poison_cluster():
+    x, y, poison, xv, yv = half_poisoned_data()
+    size_rule = activation_clustering(x, y, reduce="pca", rule="size")
+    assert not size_rule.remove[poison].any()  # the poison cluster is the larger one: the size rule misses it
+    for reduce in ("pca", "ica"):
+        r = activation_clustering(x, y, reduce=reduce, rule="validation", val_reprs=xv, val_labels=yv)
+        assert np.array_equal(r.remove, poison), reduce
+        c0, c1 = r.details["classes"][0], r.details["classes"][1]
+        assert c0["flagged"] and c0["flagged_cluster"] == 0 and c0["sizes"] == [240, 200]
+        assert c0["val_shares"][0] < 0.05 and not c1["flagged"] and c1["flagged_cluster"] == -1
+
+
+def test_validation_rules_leave_classes_with_too_few_validation_rows_alone():
+    x, y, poison, xv, yv = half_poisoned_data()
+    few = np.r_[np.flatnonzero(yv == 0)[:9], np.flatnonzero(yv == 1)]  # 9 validation rows of class 0
+    ss = spectral_signatures(x, y, rule="validation", val_reprs=xv[few], val_labels=yv[few])
+    assert not ss.remove[y == 0].any() and "9 validation rows" in ss.details["classes"][0]["note"]
+    ac = activation_clustering(x, y, reduce="pca", rule="validation", val_reprs=xv[few], val_labels=yv[few])
+    assert not ac.remove[y == 0].any() and "9 validation rows" in ac.details["classes"][0]["warnings"][0]
+
+
+def test_validation_rule_errors():
+    x, y, _, xv, yv = half_poisoned_data()
+    with one_line_error("rule 'validation' needs the clean validation rows"):
+        spectral_signatures(x, y, rule="validation")
+    with one_line_error("rule 'validation' needs the clean validation rows"):
+        activation_clustering(x, y, rule="validation")
+    with one_line_error(r"unknown rule 'validate' \(did you mean 'validation'\?\)"):
+        spectral_signatures(x, y, rule="validate")
+    with one_line_error(r"false_removal_rate must be in \[0, 1\)"):
+        spectral_signatures(x, y, rule="validation", val_reprs=xv, val_labels=yv, false_removal_rate=1.0)
+    with one_line_error(r"validation_ratio must be in \(0, 1\]"):
+        activation_clustering(x, y, rule="validation", val_reprs=xv, val_labels=yv, validation_ratio=0)
+    with one_line_error("val_reprs have 5 features but reprs have 6"):
+        spectral_signatures(x, y, rule="validation", val_reprs=xv[:, :5], val_labels=yv)
+    with one_line_error("val_reprs have 5 features but reprs have 6"):
+        activation_clustering(x, y, rule="validation", val_reprs=xv[:, :5], val_labels=yv)
+
+
+def test_filter_defense_configs_validate_the_validation_keys():
+    from poisonlab.defenses import DEFENSES
+
+    with one_line_error(r"defense.false_removal_rate must be in \[0, 1\)"):
+        DEFENSES.get("spectral-signatures").from_config({"rule": "validation", "false_removal_rate": 1.5})
+    with one_line_error(r"defense.validation_ratio must be in \(0, 1\]"):
+        DEFENSES.get("activation-clustering").from_config({"rule": "validation", "validation_ratio": 2})
+    with one_line_error("rule"):
+        DEFENSES.get("spectral-signatures").from_config({"rule": "silhouette"})
+
+
+def test_validation_rules_in_a_run_read_the_clean_validation_split(tmp_path):
+    """Digits BadNet (every digit -> 0, p = 0.1); the validation-rule filters run inside the
+    experiment: the recorded per-class thresholds come from the validation split's rows."""
+    from poisonlab.config import load_config
+    from poisonlab.experiment import run_experiment
+
+    cfg = load_config(None, ["train.epochs=3", "output.plots=false", f"output.dir={tmp_path}",
+                             "attack={name: badnets, p: 0.1, trigger: {kind: pattern, margin: 0}}",
+                             "defenses=[{name: spectral-signatures, rule: validation, false_removal_rate: 0.05}, "
+                             "{name: activation-clustering, reduce: pca, rule: validation}]"], device="cpu")
+    m = run_experiment(cfg).metrics
+    ss, ac = m["defenses"]["spectral-signatures"], m["defenses"]["activation-clustering"]
+    n_val = m["data"]["validation"]
+    assert sum(c["n_val"] for c in ss["per_class"].values()) == n_val
+    assert sum(c["n_val"] for c in ac["per_class"].values()) == n_val
+    # a 3-epoch digits model on ~13 validation rows per class: most poisons, few clean rows
+    assert ss["detection"]["recall"] >= 0.7 and ss["target_class_clean_removed"] <= 0.15
+    assert ac["detection"]["recall"] >= 0.6 and ac["target_class_clean_removed"] <= 0.05
+    assert [c for c, info in ac["per_class"].items() if info["flagged"]] == [0]
+
+
+def test_validation_rule_without_a_validation_split_is_a_one_line_error(tmp_path):
+    from poisonlab.config import load_config
+    from poisonlab.experiment import run_experiment
+
+    cfg = load_config(None, ["train.epochs=1", "output.plots=false", f"output.dir={tmp_path}", "data.val_fraction=0",
+                             "attack={name: badnets, p: 0.1}",
+                             "defenses=[{name: spectral-signatures, rule: validation}]"], device="cpu")
+    with one_line_error("val_fraction > 0"):
+        run_experiment(cfg)

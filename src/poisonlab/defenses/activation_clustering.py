@@ -9,7 +9,15 @@ flagged (all its rows removed) when
 * ``rule="size"``: its relative size (rows / class rows) is at most ``size_threshold``
   (the paper's "relative size" analysis; 0.35 by default), or
 * ``rule="silhouette"``: the silhouette score of the 2-clustering (on the reduced data) is at
-  least ``silhouette_threshold`` (the paper's "silhouette score" analysis).
+  least ``silhouette_threshold`` (the paper's "silhouette score" analysis), or
+* ``rule="validation"`` (an extension for a defender holding a small clean validation split):
+  the class's clean validation rows are reduced by the same fitted transform and assigned to
+  the nearest of the two centroids; a cluster is flagged when its share of the validation
+  rows is below ``validation_ratio`` times its share of the training rows. Clean rows land in
+  both clusters in proportion; a cluster of poisons receives almost no validation rows,
+  whatever its size. This flags a poison cluster even when it is the *larger* one (a
+  target class that is half poison), which neither paper rule can do. Classes with fewer than
+  ``MIN_VALIDATION_ROWS`` validation rows are left alone and noted.
 
 The score of a row is 1.0 in a flagged cluster, else 0.0. The number of dimensions is
 ``min(dims, n_features, n_rows - 1, rank)`` where rank is the numerical rank of the centred
@@ -33,10 +41,11 @@ import numpy as np
 from ..errors import PoisonlabError, did_you_mean
 from .filtering import FilterResult, check_representations
 
-__all__ = ["REDUCTIONS", "RULES", "activation_clustering", "exclusionary_reclassification"]
+__all__ = ["MIN_VALIDATION_ROWS", "REDUCTIONS", "RULES", "activation_clustering", "exclusionary_reclassification"]
 
 REDUCTIONS = ("ica", "pca")
-RULES = ("size", "silhouette")
+RULES = ("size", "silhouette", "validation")
+MIN_VALIDATION_ROWS = 10
 SILHOUETTE_MAX_ROWS = 10_000  # larger classes: silhouette on a seeded sample of this many rows
 
 
@@ -44,37 +53,47 @@ def _is_number(v: Any) -> bool:
     return not isinstance(v, bool) and isinstance(v, (int, float, np.number)) and math.isfinite(float(v))
 
 
-def _reduce(centred: np.ndarray, d: int, how: str, seed: int) -> tuple[np.ndarray, list[str]]:
-    """``centred`` reduced to ``d`` columns by FastICA or PCA; warnings raised on the way (e.g. ICA
-    not converging) are returned as text."""
+def _reduce(centred: np.ndarray, d: int, how: str, seed: int) -> tuple[np.ndarray, Any, list[str]]:
+    """``centred`` reduced to ``d`` columns by FastICA or PCA, the fitted transform, and the
+    warnings raised on the way (e.g. ICA not converging) as text."""
     from sklearn.decomposition import PCA, FastICA
 
     notes: list[str] = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        z = None
+        z, fitted = None, None
         if how == "ica":
             try:
-                z = FastICA(n_components=d, random_state=seed, whiten="unit-variance").fit_transform(centred)
+                fitted = FastICA(n_components=d, random_state=seed, whiten="unit-variance")
+                z = fitted.fit_transform(centred)
             except (ValueError, np.linalg.LinAlgError) as exc:
                 notes.append(f"FastICA failed ({str(exc).splitlines()[0]}); used PCA")
             if z is not None and not np.isfinite(z).all():
                 notes.append("FastICA gave non-finite components; used PCA")
                 z = None
         if z is None:
-            z = PCA(n_components=d, svd_solver="full", random_state=seed).fit_transform(centred)
-    return z, notes + [str(w.message).splitlines()[0] for w in caught]
+            fitted = PCA(n_components=d, svd_solver="full", random_state=seed)
+            z = fitted.fit_transform(centred)
+    return z, fitted, notes + [str(w.message).splitlines()[0] for w in caught]
 
 
-def _two_means(z: np.ndarray, seed: int) -> np.ndarray:
-    """2-means labels of ``z``, renumbered so that 1 is the smaller cluster (ties: row 0 in cluster 0)."""
+def _two_means(z: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """2-means labels of ``z`` and the two centroids, renumbered so that 1 is the smaller
+    cluster (ties: row 0 in cluster 0)."""
     from sklearn.cluster import KMeans
 
-    lab = KMeans(n_clusters=2, n_init=10, random_state=seed).fit_predict(z).astype(np.int64)
+    km = KMeans(n_clusters=2, n_init=10, random_state=seed).fit(z)
+    lab, centres = km.labels_.astype(np.int64), km.cluster_centers_
     sizes = np.bincount(lab, minlength=2)
     if sizes[0] < sizes[1] or (sizes[0] == sizes[1] and lab[0] == 1):
-        lab = 1 - lab
-    return lab
+        lab, centres = 1 - lab, centres[::-1]
+    return lab, centres
+
+
+def _nearest(z: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Index of the nearest centroid of every row (ties: cluster 0)."""
+    d = ((z[:, None, :] - centres[None, :, :]) ** 2).sum(-1)
+    return np.argmin(d, axis=1).astype(np.int64)
 
 
 def _silhouette(z: np.ndarray, lab: np.ndarray, seed: int) -> float:
@@ -88,14 +107,18 @@ def _silhouette(z: np.ndarray, lab: np.ndarray, seed: int) -> float:
 
 def activation_clustering(reprs: np.ndarray, labels: np.ndarray, dims: int = 10, reduce: str = "ica",
                           rule: str = "size", size_threshold: float = 0.35, silhouette_threshold: float = 0.10,
-                          seed: int = 0) -> FilterResult:
+                          seed: int = 0, val_reprs: np.ndarray | None = None, val_labels: np.ndarray | None = None,
+                          validation_ratio: float = 0.5) -> FilterResult:
     """Per class: reduce to ``dims`` (FastICA or PCA), 2-means, flag the smaller cluster by its
-    relative size or by the silhouette score (Chen et al. 2018).
+    relative size or by the silhouette score (Chen et al. 2018), or flag the cluster that the
+    clean validation rows avoid (``rule="validation"``).
 
     ``details``: the parameters, ``cluster`` (per row: 0 = larger cluster of its class, 1 =
     smaller, -1 = class not clustered) and ``classes``, mapping each class to ``n``, ``dims``
     (used), ``sizes`` ([larger, smaller]), ``relative_size`` (smaller / n), ``silhouette``,
     ``flagged`` and ``warnings`` (e.g. FastICA not converging); NaN/empty when not clustered.
+    With the validation rule also ``n_val``, ``val_shares`` ([larger, smaller] cluster) and
+    ``flagged_cluster`` (0, 1 or -1).
     """
     if isinstance(dims, bool) or not isinstance(dims, (int, np.integer)) or dims < 1:
         raise PoisonlabError(f"dims must be a positive integer (the paper uses 10), got {dims!r}")
@@ -110,7 +133,18 @@ def activation_clustering(reprs: np.ndarray, labels: np.ndarray, dims: int = 10,
         raise PoisonlabError(f"silhouette_threshold must be in [-1, 1], got {silhouette_threshold!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2 ** 32:
         raise PoisonlabError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+    xv = yv = None
+    if rule == "validation":
+        if val_reprs is None or val_labels is None:
+            raise PoisonlabError("rule 'validation' needs the clean validation rows' representations and labels "
+                                 "(val_reprs, val_labels); set data.val_fraction > 0")
+        if not _is_number(validation_ratio) or not 0 < float(validation_ratio) <= 1:
+            raise PoisonlabError(f"validation_ratio must be in (0, 1], got {validation_ratio!r}")
+        xv, yv = check_representations(val_reprs, val_labels)
     x, y = check_representations(reprs, labels)
+    if xv is not None and xv.shape[1] != x.shape[1]:
+        raise PoisonlabError(f"val_reprs have {xv.shape[1]} features but reprs have {x.shape[1]}; "
+                             f"take both from the same layer")
     seed = int(seed)
     scores = np.zeros(len(y))
     cluster = np.full(len(y), -1, dtype=np.int64)
@@ -122,28 +156,47 @@ def activation_clustering(reprs: np.ndarray, labels: np.ndarray, dims: int = 10,
         classes[int(c)] = info
         if len(idx) < 3:
             continue
-        centred = x[idx] - x[idx].mean(0)
+        if xv is not None:
+            info.update(n_val=int((yv == c).sum()), val_shares=[math.nan, math.nan], flagged_cluster=-1)
+            if info["n_val"] < MIN_VALIDATION_ROWS:
+                info["warnings"] = [f"{info['n_val']} validation rows (< {MIN_VALIDATION_ROWS}): class left alone"]
+                continue
+        mean = x[idx].mean(0)
+        centred = x[idx] - mean
         sv = np.linalg.svd(centred, compute_uv=False)
         rank = int((sv > sv[0] * max(centred.shape) * np.finfo(np.float64).eps).sum()) if sv[0] > 0 else 0
         d = min(int(dims), x.shape[1], len(idx) - 1, rank)
         if d < 1:  # every row equal
             continue
-        z, info["warnings"] = _reduce(centred, d, reduce, seed)
-        lab = _two_means(z, seed)
+        z, fitted, info["warnings"] = _reduce(centred, d, reduce, seed)
+        lab, centres = _two_means(z, seed)
         cluster[idx] = lab
         sizes = np.bincount(lab, minlength=2)
         rel = float(sizes[1] / len(idx))
         sil = _silhouette(z, lab, seed)
+        which = 1  # the cluster a rule flags
         if rule == "size":
             flagged = rel <= float(size_threshold)
-        else:
+        elif rule == "silhouette":
             flagged = bool(sil >= float(silhouette_threshold))  # NaN compares False
-        flagged = bool(flagged and sizes[1] > 0)
+        else:
+            val_lab = _nearest(fitted.transform(xv[yv == c] - mean), centres)
+            val_shares = np.bincount(val_lab, minlength=2) / len(val_lab)
+            if sizes.min() > 0:
+                ratios = val_shares / (sizes / len(idx))
+                which = int(np.argmin(ratios))
+                flagged = bool(ratios[which] < float(validation_ratio))
+            else:  # one cluster only: nothing to tell apart
+                flagged = False
+            info.update(val_shares=[float(val_shares[0]), float(val_shares[1])],
+                        flagged_cluster=which if flagged else -1)
+        flagged = bool(flagged and sizes[which] > 0)
         info.update(dims=d, sizes=[int(sizes[0]), int(sizes[1])], relative_size=rel, silhouette=sil, flagged=flagged)
         if flagged:
-            scores[idx[lab == 1]] = 1.0
+            scores[idx[lab == which]] = 1.0
     details = {"dims": int(dims), "reduce": reduce, "rule": rule, "size_threshold": float(size_threshold),
-               "silhouette_threshold": float(silhouette_threshold), "seed": seed, "cluster": cluster,
+               "silhouette_threshold": float(silhouette_threshold), "validation_ratio": float(validation_ratio),
+               "seed": seed, "cluster": cluster,
                "classes": classes}
     return FilterResult(scores, scores > 0, details)
 

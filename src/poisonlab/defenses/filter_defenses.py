@@ -7,6 +7,12 @@ removed and the experiment's victim is retrained on the rest the same way it was
 first; the report gives detection precision / recall / FPR against the known poison mask,
 the share removed (overall and of the attack's target class) and the retrained model's
 clean accuracy and attack success.
+
+Thresholds: each defense has a paper rule with a fixed parameter (Spectral Signatures'
+assumed poison rate ``epsilon``; Activation Clustering's relative-size or silhouette
+threshold) and a ``validation`` rule whose threshold is read off the experiment's clean
+validation split (see :mod:`.spectral` and :mod:`.activation_clustering`); test data never
+decides anything.
 """
 from __future__ import annotations
 
@@ -35,22 +41,32 @@ class FilterContext:
     poison_mask: torch.Tensor
     retrain: Callable[[Dataset, str], nn.Module]
     target: int | None = None
+    val: Dataset | None = None
+    """The clean validation split (the ``validation`` rules read it; nothing else does)."""
 
 
 @dataclass
 class SpectralConfig:
-    """``defenses:`` keys of Spectral Signatures: ``epsilon`` is the poison rate the defender
-    assumes; ``1.5 * epsilon`` of each class (by training label) is removed."""
+    """``defenses:`` keys of Spectral Signatures. ``rule: budget`` (the paper): ``epsilon`` is
+    the poison rate the defender assumes and ``removal_factor * epsilon`` of each class (by
+    training label) is removed. ``rule: validation``: scores are centred at each class's clean
+    validation mean and rows scoring above what ``false_removal_rate`` of the class's
+    validation rows score are removed (no poison rate assumed)."""
 
     name: str = "spectral-signatures"
     label: str | None = None
+    rule: Literal["budget", "validation"] = "budget"
     epsilon: float = 0.1
     removal_factor: float = 1.5
+    false_removal_rate: float = 0.05
     layer: str | None = "auto"
     batch_size: int = 1024
 
     def validate(self) -> None:
         check_label(self.label)
+        if not 0 <= self.false_removal_rate < 1:
+            raise PoisonlabError(f"defense.false_removal_rate must be in [0, 1) (the share of clean validation rows "
+                                 f"the threshold may remove), got {self.false_removal_rate}")
         if not 0 < self.epsilon < 1:
             raise PoisonlabError(f"defense.epsilon must be in (0, 1) (the assumed poison rate), got {self.epsilon}")
         if not self.removal_factor > 0:
@@ -66,9 +82,10 @@ class ActivationClusteringConfig:
     label: str | None = None
     dims: int = 10
     reduce: Literal["ica", "pca"] = "ica"
-    rule: Literal["size", "silhouette"] = "size"
+    rule: Literal["size", "silhouette", "validation"] = "size"
     size_threshold: float = 0.35
     silhouette_threshold: float = 0.10
+    validation_ratio: float = 0.5
     layer: str | None = "auto"
     batch_size: int = 1024
 
@@ -78,13 +95,27 @@ class ActivationClusteringConfig:
             raise PoisonlabError(f"defense.dims must be >= 1, got {self.dims}")
         if not 0 < self.size_threshold < 1:
             raise PoisonlabError(f"defense.size_threshold must be in (0, 1), got {self.size_threshold}")
+        if not 0 < self.validation_ratio <= 1:
+            raise PoisonlabError(f"defense.validation_ratio must be in (0, 1] (a cluster is flagged when its share of "
+                                 f"validation rows is below this times its share of training rows), "
+                                 f"got {self.validation_ratio}")
 
 
-def _filter(model: nn.Module, ctx: FilterContext, layer: str | None, batch_size: int,
-            decide: Callable[[np.ndarray, np.ndarray], FilterResult], name: str) -> DefenseOutcome:
+Decide = Callable[[np.ndarray, np.ndarray, "np.ndarray | None", "np.ndarray | None"], FilterResult]
+
+
+def _filter(model: nn.Module, ctx: FilterContext, layer: str | None, batch_size: int, decide: Decide, name: str,
+            needs_val: bool) -> DefenseOutcome:
     reprs = representations(model.eval(), ctx.train.x, layer, batch_size)
     labels = ctx.train.y.numpy()
-    result = decide(reprs, labels)
+    val_reprs = val_labels = None
+    if needs_val:
+        if ctx.val is None or len(ctx.val) == 0:
+            raise PoisonlabError(f"defense '{name}' with rule 'validation' reads the clean validation split; "
+                                 f"set data.val_fraction > 0")
+        val_reprs = representations(model, ctx.val.x, layer, batch_size)
+        val_labels = ctx.val.y.numpy()
+    result = decide(reprs, labels, val_reprs, val_labels)
     keep = torch.from_numpy(result.keep)
     retrained = ctx.retrain(ctx.train.subset(keep.nonzero().flatten()), name)
     m = detection_metrics(result.remove, ctx.poison_mask.numpy(), labels, ctx.train.num_classes)
@@ -101,12 +132,16 @@ def spectral_defense(model: nn.Module, cfg: SpectralConfig, ctx: FilterContext, 
                      device: torch.device | str = "cpu") -> DefenseOutcome:
     """Spectral Signatures, then retraining on the kept rows; ``model`` is untouched."""
     return _filter(copy.deepcopy(model), ctx, cfg.layer, cfg.batch_size,
-                   lambda r, y: spectral_signatures(r, y, cfg.epsilon, cfg.removal_factor), cfg.label or cfg.name)
+                   lambda r, y, rv, yv: spectral_signatures(r, y, cfg.epsilon, cfg.removal_factor, cfg.rule, rv, yv,
+                                                            cfg.false_removal_rate),
+                   cfg.label or cfg.name, cfg.rule == "validation")
 
 
 def activation_clustering_defense(model: nn.Module, cfg: ActivationClusteringConfig, ctx: FilterContext,
                                   seed: int = 0, device: torch.device | str = "cpu") -> DefenseOutcome:
     """Activation Clustering, then retraining on the kept rows; ``model`` is untouched."""
     return _filter(copy.deepcopy(model), ctx, cfg.layer, cfg.batch_size,
-                   lambda r, y: activation_clustering(r, y, cfg.dims, cfg.reduce, cfg.rule, cfg.size_threshold,
-                                                      cfg.silhouette_threshold, seed), cfg.label or cfg.name)
+                   lambda r, y, rv, yv: activation_clustering(r, y, cfg.dims, cfg.reduce, cfg.rule, cfg.size_threshold,
+                                                              cfg.silhouette_threshold, seed, rv, yv,
+                                                              cfg.validation_ratio),
+                   cfg.label or cfg.name, cfg.rule == "validation")
