@@ -4,6 +4,9 @@ Every defense gets a copy of the suspect model, the clean validation split (its 
 source for decisions, e.g. where pruning stops) and, for the report only, the clean and
 triggered test sets. Results form the attack x defense table of Liu et al. (2018):
 clean accuracy, attack success, share of channels pruned, accuracy drop, time, memory.
+A detector that refuses inputs (STRIP) is measured with its refusals: a rejected clean
+input is an error, a rejected triggered input a failed attack; the table shows the shares
+rejected (clean = false rejections, triggered = detections).
 """
 from __future__ import annotations
 
@@ -81,7 +84,7 @@ def run_defenses(defenses: list[tuple[str, Any]], model: nn.Module, val: Dataset
         entry = {**measured, "defense_seconds": seconds, "peak_rss_mb": peak_rss_mb(), **outcome.summary()}
         entry["clean_accuracy_drop"] = undefended["clean_accuracy"] - measured["clean_accuracy"]
         result.metrics[name] = entry
-        pruned = outcome.curve.fraction_pruned if outcome.curve else (None if spec.kind == "filter" else 0.0)
+        pruned = outcome.curve.fraction_pruned if outcome.curve else (0.0 if spec.kind == "model" else None)
         result.rows.append(_row(attack_label, name, entry, undefended, pruned))
         if folder is not None and outcome.curve is not None:
             outcome.curve.write_csv(folder.file("tables", f"pruning_curve_{name}{suffix}.csv"))
@@ -97,5 +100,7 @@ def _row(attack: str, name: str, m: dict[str, Any], undefended: dict[str, Any], 
             "accuracy drop": f"{100 * drop:+.2f} pt" if name != "none" else "–",
             "poisons removed": report.pct(m["detection"]["recall"]) if "detection" in m else "–",
             "clean target rows removed": report.pct(m.get("target_class_clean_removed")) if "detection" in m else "–",
+            "inputs rejected (clean / triggered)": f"{report.pct(m['clean_rejected_rate'])} / "
+            f"{report.pct(m.get('triggered_rejected_rate'))}" if "clean_rejected_rate" in m else "–",
             "seconds": f"{m.get('defense_seconds', 0.0):.1f}" if name != "none" else "–",
             "peak MiB": f"{m['peak_rss_mb']:.0f}" if "peak_rss_mb" in m else "–"}

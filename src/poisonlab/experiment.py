@@ -33,7 +33,7 @@ from .data import load_dataset
 from .data.base import Dataset
 from .data.splits import carve_validation, limit_rows
 from .defend import check_defenses, run_defenses
-from .defenses import FilterContext
+from .defenses import FilterContext, RejectingClassifier
 from .defenses.pruning import resolve_layer
 from .errors import PoisonlabError
 from .metrics import (
@@ -123,20 +123,33 @@ def train_baseline(cfg: ExperimentConfig, train: Dataset, val: Dataset | None, d
 
 def evaluate(model: nn.Module, test: Dataset, attack_set: AttackTestSet | None, cfg: ExperimentConfig,
              device: torch.device, name: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Clean and backdoor metrics of one model; also returns its predictions."""
+    """Clean and backdoor metrics of one model; also returns its predictions.
+
+    A :class:`~poisonlab.defenses.RejectingClassifier` (a detector defense such as STRIP) answers
+    class ``num_classes`` for an input it refuses: a refused clean input counts as an error, a
+    refused triggered input as a failed attack; the confusion matrices count answered inputs
+    only, and ``clean_rejected_rate`` / ``triggered_rejected_rate`` give the shares refused.
+    """
     c = test.num_classes
+    rejects = isinstance(model, RejectingClassifier)
     start = time.perf_counter()
     pred_clean = predict(model, test.x, cfg.train.eval_batch_size, device, desc=f"{name} clean test")
+    answered = pred_clean < c
     out: dict[str, Any] = {
         "clean_accuracy": accuracy(pred_clean, test.y),
         "clean_error": 1 - accuracy(pred_clean, test.y),
         "per_class_clean_error": per_class_error(pred_clean, test.y, test.y, c).tolist(),
-        "confusion_clean": confusion_matrix(pred_clean, test.y, c).tolist(),
+        "confusion_clean": confusion_matrix(pred_clean[answered], test.y[answered], c).tolist(),
     }
+    if rejects:
+        out["clean_rejected_rate"] = float((~answered).float().mean()) if len(answered) else float("nan")
     preds = {"clean": pred_clean}
     if attack_set is not None and len(attack_set.x):
         pred_bd = predict(model, attack_set.x, cfg.train.eval_batch_size, device, desc=f"{name} triggered test")
-        success = attack_set.success(pred_bd)
+        answered_bd = pred_bd < c
+        success = attack_set.success(pred_bd) & answered_bd  # a refused input defeats the attack
+        if rejects:
+            out["triggered_rejected_rate"] = float((~answered_bd).float().mean())
         # backdoor error per true class = share of that class's triggered images where the attack failed
         per_class = per_class_error(success.long(), attack_set.true, torch.ones_like(attack_set.true), c)
         asr = float(success.float().mean())
@@ -145,7 +158,7 @@ def evaluate(model: nn.Module, test: Dataset, attack_set: AttackTestSet | None, 
             "backdoor_error": 1 - asr,
             "mean_class_backdoor_error": mean_class_error(per_class),
             "per_class_backdoor_error": per_class.tolist(),
-            "confusion_triggered": confusion_matrix(pred_bd, attack_set.true, c).tolist(),
+            "confusion_triggered": confusion_matrix(pred_bd[answered_bd], attack_set.true[answered_bd], c).tolist(),
         })
         preds["triggered"] = pred_bd
     out["eval_seconds"] = time.perf_counter() - start
@@ -253,7 +266,8 @@ def run_experiment(cfg: ExperimentConfig, quiet: bool = False) -> RunOutcome:
             target = (cfg.attack or {}).get("target", 0) if (cfg.attack or {}).get("labels", "single-target") \
                 == "single-target" else None
             context = FilterContext(poison.dataset, poison.poison_mask,
-                                    lambda ds, name: train_one(cfg, ds, val, device, f"retrain ({name})").model, target)
+                                    lambda ds, name: train_one(cfg, ds, val, device, f"retrain ({name})").model, target,
+                                    val)
             for label, model, undefended, where in victims:
                 defended = run_defenses(
                     defenses, model, val, test, attack_set,

@@ -26,7 +26,10 @@ class DefenseSpec:
     run: Callable[..., Any]
     kind: str = "model"
     """``model``: acts on the trained model (pruning, fine-tuning); ``filter``: removes training
-    rows and retrains (needs a :class:`~poisonlab.defenses.filter_defenses.FilterContext`)."""
+    rows and retrains (needs a :class:`~poisonlab.defenses.filter_defenses.FilterContext`);
+    ``detector``: called like ``model``, detects triggered inputs or infected labels and returns a
+    guarded (:class:`~poisonlab.defenses.detector_defenses.RejectingClassifier`) or repaired copy
+    (STRIP, Neural Cleanse); it prunes no channels."""
 
     def from_config(self, raw: dict[str, Any] | None = None) -> Any:
         """The validated config of this defense from its ``defense:`` section."""
@@ -64,6 +67,15 @@ from .filter_defenses import (  # noqa: E402
     spectral_defense,
 )
 
+from .detector_defenses import (  # noqa: E402
+    NeuralCleanseConfig,
+    RejectingClassifier,
+    StripConfig,
+    StripGuard,
+    neural_cleanse_defense,
+    strip_defense,
+)
+
 for _spec in (
     DefenseSpec("pruning", "prune dormant conv channels until validation accuracy drops (Liu et al. 2018, 3.1)",
                 FinePruningConfig, prune_defense),
@@ -76,6 +88,12 @@ for _spec in (
     DefenseSpec("activation-clustering", "2-means per class on penultimate activations, remove the small "
                 "cluster, retrain (Chen et al. 2018)", ActivationClusteringConfig, activation_clustering_defense,
                 kind="filter"),
+    DefenseSpec("strip", "reject test inputs whose predictions stay confident under blending with clean images; "
+                "threshold = frr-quantile on clean validation inputs (Gao et al. 2019)", StripConfig, strip_defense,
+                kind="detector"),
+    DefenseSpec("neural-cleanse", "reverse-engineer a minimal trigger per label on validation images, flag outlying "
+                "small masks (MAD), unlearn their triggers (Wang et al. 2019)", NeuralCleanseConfig,
+                neural_cleanse_defense, kind="detector"),
 ):
     DEFENSES.register(_spec.name)(_spec)
 
@@ -84,5 +102,6 @@ __all__ = [
     "DEFENSES", "DefenseSpec", "ChannelMask", "DefenseOutcome", "FinePruningConfig", "PruningResult",
     "activation_point", "channel_means", "prune_order", "pruning_curve", "plot_pruning_curve", "fine_tune",
     "prune_defense", "fine_tune_defense", "fine_prune", "FilterContext", "SpectralConfig",
-    "ActivationClusteringConfig", "spectral_defense", "activation_clustering_defense",
+    "ActivationClusteringConfig", "spectral_defense", "activation_clustering_defense", "StripConfig",
+    "NeuralCleanseConfig", "RejectingClassifier", "StripGuard", "strip_defense", "neural_cleanse_defense",
 ]
