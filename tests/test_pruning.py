@@ -171,6 +171,76 @@ def test_shared_module_and_wrong_width_are_refused():
         prune_order(net, "conv2", torch.rand(2, 1, 16, 16), mask_at="relu1")
 
 
+# -- hidden units of a Linear layer (kind="linear": the subpopulation MLP victim) ---------------
+def test_linear_mask_zeroes_exactly_the_chosen_units():
+    torch.manual_seed(3)
+    model = build_model("mlp", (5,), 2, {"hidden": [6]})
+    x = torch.randn(9, 5)
+    before_state, before = state(model), activations(model, x, ["relu1", "out"])
+    mask = ChannelMask(model, None, kind="linear")
+    mask.prune([1, 4])
+    assert (mask.layer, mask.point, mask.channels, mask.pruned) == ("fc1", "relu1", 6, [1, 4])
+    for mode in (model.train, model.eval):
+        mode()
+        got = activations(model, x, ["relu1", "out"])
+        assert (got["relu1"][:, [1, 4]] == 0).all()
+        assert torch.equal(got["relu1"][:, [0, 2, 3, 5]], before["relu1"][:, [0, 2, 3, 5]])
+        # the output layer reads the masked units: out = W (relu1 with units 1 and 4 zeroed) + b
+        hidden = before["relu1"].clone()
+        hidden[:, [1, 4]] = 0
+        assert torch.allclose(got["out"], model.out(hidden), atol=1e-6)
+    assert same_state(before_state, state(model))
+    mask.remove()
+    assert no_hooks(model) and torch.equal(activations(model, x, "out")["out"], before["out"])
+
+
+def test_linear_layer_choice_and_activation_point():
+    deep = build_model("mlp", (4,), 3, {"hidden": [5, 7]})
+    assert pruning.resolve_layer(deep, None, kind="linear") == "fc2"  # the layer before the output
+    assert pruning.hidden_linear_layers(deep) == ["fc1", "fc2"]
+    assert activation_point(deep, "fc1", kind="linear") == "relu1"
+    seq = nn.Sequential(OrderedDict(fc=nn.Linear(3, 4), bn=nn.BatchNorm1d(4), act=nn.Tanh(), head=nn.Linear(4, 2)))
+    assert activation_point(seq, "fc", kind="linear") == "act"
+    assert ChannelMask(build_model("mlp", (4,), 2, {"hidden": [3]}), "fc1", kind="linear").channels == 3
+    net = build_model("badnet-mnist", (1, 16, 16), 3)
+    assert pruning.resolve_layer(net, None) == "conv2"  # the default kind still prunes convolutions
+    assert pruning.resolve_layer(net, None, kind="linear") == "fc1"
+
+
+def test_linear_prune_order_and_curve_follow_clean_validation_means():
+    model = build_model("mlp", (2,), 2, {"hidden": [4]})
+    with torch.no_grad():
+        model.fc1.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.5, 0.5]]))
+        model.fc1.bias.zero_()
+    val = Dataset(torch.tensor([[2.0, 1.0], [0.0, 3.0]]), torch.tensor([0, 1]), ["a", "b"])
+    other = Dataset(torch.tensor([[-2.0, 0.0], [-1.0, 0.0]]), torch.tensor([0, 1]), ["a", "b"])
+    # relu means on val: [1.0, 2.0, 0.0, 1.5]; on `other`: [0.0, 0.0, 1.5, 0.0]
+    assert torch.allclose(channel_means(model, None, val.x, kind="linear"), torch.tensor([1.0, 2.0, 0.0, 1.5]))
+    assert prune_order(model, None, val.x, kind="linear") == [2, 0, 3, 1]
+    curve = pruning_curve(model, None, val, kind="linear", max_drop=0.99)
+    assert curve.order == [2, 0, 3, 1] and curve.kind == "linear" and curve.point == "relu1"
+    assert pruning_curve(model, None, other, kind="linear").order == [0, 1, 3, 2]
+    mask = curve.apply(model)
+    assert mask.pruned == sorted(curve.pruned_channels) and no_hooks(model) is False
+    mask.remove()
+
+
+def test_linear_bad_inputs_are_one_line_errors():
+    logreg = build_model("mlp", (4,), 2, {"hidden": []})
+    mlp = build_model("mlp", (4,), 2, {"hidden": [3]})
+    cases = [(lambda: ChannelMask(logreg, None, kind="linear"), "no hidden Linear layer"),
+             (lambda: pruning_curve(logreg, None, Dataset(torch.rand(3, 4), torch.zeros(3), ["a"]), kind="linear"),
+              "no hidden Linear layer"),
+             (lambda: ChannelMask(mlp, "out", kind="linear"), "'out' is the output layer"),
+             (lambda: ChannelMask(mlp, "relu1", kind="linear"), "'relu1' is a ReLU, not a Linear"),
+             (lambda: ChannelMask(mlp, "fc1", kind="dense"), "kind must be 'conv'"),
+             (lambda: ChannelMask(mlp, "fc1", kind="linear").prune([3]), "channels 0..2")]
+    for call, message in cases:
+        with pytest.raises(PoisonlabError, match=message) as err:
+            call()
+        assert "\n" not in str(err.value)
+
+
 # -- the stop rule ---------------------------------------------------------------------
 def test_choose_stop_planted_sequences():
     # threshold 0.90 - 0.04 = 0.86: 0.86 is kept, 0.859 is the first failure; the later
@@ -461,7 +531,7 @@ def test_bad_inputs_to_the_functions():
     with pytest.raises(PoisonlabError, match="unknown config key 'defense.epochs'"):
         DEFENSES.get("pruning").from_config({"epochs": 3})
     with pytest.raises(PoisonlabError, match="unknown defense"):
-        DEFENSES.get("neural-cleanse")
+        DEFENSES.get("no-such-defense")
     with pytest.raises(PoisonlabError, match="validation split"):
         pruning_curve(net, "conv2", Dataset(torch.zeros(0, 1, 16, 16), torch.zeros(0), ["a"]))
     assert np.isfinite(pruning_curve(net, "conv2", val, step=32).base_val_acc)

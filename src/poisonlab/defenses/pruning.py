@@ -21,6 +21,14 @@ with exact zeros (:class:`ChannelMask`). The point is found by :func:`activation
 3. Otherwise the ``BatchNorm2d`` that directly follows ``L`` among its siblings, if any
    (ResNet ``conv1`` -> ``bn1``: a zero stays zero through the ReLU after it), else ``L``.
 
+**Hidden units of a Linear layer** (``kind="linear"``, e.g. the subpopulation attack's MLP
+victim, Jagielski et al. 2021, Sec. 6): the same procedure prunes the output units of an
+``nn.Linear`` hidden layer (every ``nn.Linear`` but the model's last, the output layer; by
+default the last hidden one, the layer before the output). Its activation point is found as
+in rule 1 (a ``BatchNorm1d`` of the same width and element-wise activations after it in an
+``nn.Sequential``: MLP ``fc1`` -> ``relu1``), else the layer itself; the units are dim 1 of
+its (N, units) output. ``kind="conv"`` (the default) keeps the convolution-only behaviour.
+
 Any module can be named instead with ``mask_at``. The same point is where the clean mean
 activations that order the channels are measured, so "prune" and "rank" read one tensor.
 Nothing before the point changes as channels are pruned, so :func:`pruning_curve` computes
@@ -57,6 +65,9 @@ from ..train import TrainConfig, TrainResult, predict, predict_logits, train_mod
 ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
                nn.Mish, nn.Hardswish, nn.Hardtanh, nn.Tanh, nn.Sigmoid, nn.Softplus)
 
+#: what :func:`resolve_layer` prunes: output channels of a Conv2d, or hidden units of a Linear layer
+LayerKind = Literal["conv", "linear"]
+
 #: two accuracies closer than this count as equal in the stop rule (k/N rounding)
 _TOL = 1e-9
 
@@ -65,8 +76,43 @@ FEATURE_CACHE_BYTES = 2 * 1024 ** 3
 
 
 # -- layers and activation points ---------------------------------------------------
-def resolve_layer(model: nn.Module, layer: str | None) -> str:
-    """The conv layer to prune: ``layer`` checked to be an ``nn.Conv2d``, or the last one."""
+def hidden_linear_layers(model: nn.Module) -> list[str]:
+    """Names of the model's hidden ``nn.Linear`` layers, in order: every one but the last
+    (the output layer)."""
+    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][:-1]
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in ("conv", "linear"):
+        raise PoisonlabError(f"kind must be 'conv' (Conv2d channels) or 'linear' (hidden units of a Linear layer), "
+                             f"got {kind!r}")
+
+
+def _width(module: nn.Module) -> int:
+    """Channels of a Conv2d, units of a Linear layer."""
+    return int(module.out_features if isinstance(module, nn.Linear) else module.out_channels)  # type: ignore[arg-type]
+
+
+def resolve_layer(model: nn.Module, layer: str | None, kind: LayerKind = "conv") -> str:
+    """The layer to prune. ``kind="conv"``: ``layer`` checked to be an ``nn.Conv2d``, or the
+    last one. ``kind="linear"``: ``layer`` checked to be a hidden ``nn.Linear`` (not the output
+    layer), or the last hidden one (the layer before the output)."""
+    _check_kind(kind)
+    if kind == "linear":
+        hidden = hidden_linear_layers(model)
+        if layer is None:
+            if not hidden:
+                raise PoisonlabError("the model has no hidden Linear layer (logistic regression?); Fine-Pruning "
+                                     "prunes hidden units: give the model a hidden layer, e.g. mlp hidden: [10]")
+            return hidden[-1]
+        module = get_layer(model, layer)
+        if not isinstance(module, nn.Linear):
+            raise PoisonlabError(f"layer '{layer}' is a {type(module).__name__}, not a Linear; hidden Linear "
+                                 f"layers: {', '.join(hidden) or 'none'}")
+        if layer not in hidden:
+            raise PoisonlabError(f"layer '{layer}' is the output layer; Fine-Pruning prunes hidden units; hidden "
+                                 f"Linear layers: {', '.join(hidden) or 'none'}")
+        return layer
     convs = conv_layers(model)
     if layer is None:
         if not convs:
@@ -88,23 +134,26 @@ def _split(name: str) -> tuple[str, str]:
     return parent, child
 
 
-def _following_bn(children: list[tuple[str, nn.Module]], i: int, width: int) -> str | None:
-    """Name of the child right after index ``i`` if it is a ``BatchNorm2d`` of ``width``."""
+def _following_bn(children: list[tuple[str, nn.Module]], i: int, width: int,
+                  bn_type: type[nn.Module] = nn.BatchNorm2d) -> str | None:
+    """Name of the child right after index ``i`` if it is a ``bn_type`` batch norm of ``width``."""
     if i + 1 < len(children):
         name, module = children[i + 1]
-        if isinstance(module, nn.BatchNorm2d) and module.num_features == width:
+        if isinstance(module, bn_type) and module.num_features == width:
             return name
     return None
 
 
-def activation_point(model: nn.Module, layer: str, mask_at: str | None = None) -> str:
-    """Name of the module whose output is the activation of conv ``layer`` (module docstring).
+def activation_point(model: nn.Module, layer: str, mask_at: str | None = None, kind: LayerKind = "conv") -> str:
+    """Name of the module whose output is the activation of ``layer`` (module docstring).
 
     >>> from poisonlab.models import build_model
     >>> activation_point(build_model("small-cnn", (3, 32, 32), 10), "conv6")
     'relu6'
+    >>> activation_point(build_model("mlp", (4,), 2, {"hidden": [3]}), "fc1", kind="linear")
+    'relu1'
     """
-    layer = resolve_layer(model, layer)
+    layer = resolve_layer(model, layer, kind)
     if mask_at is not None:
         if not mask_at:
             raise PoisonlabError("mask_at names the whole model; name the sub-module whose output holds the channels")
@@ -115,15 +164,18 @@ def activation_point(model: nn.Module, layer: str, mask_at: str | None = None) -
     parent = get_layer(model, parent_name) if parent_name else model
     children = list(parent.named_children())
     i = [n for n, _ in children].index(child)
-    width = conv.out_channels  # type: ignore[union-attr]
+    width = _width(conv)
     prefix = f"{parent_name}." if parent_name else ""
+    bn_type: type[nn.Module] = nn.BatchNorm1d if kind == "linear" else nn.BatchNorm2d
     if _is_plain_sequential(parent):
-        bn = _following_bn(children, i, width)
+        bn = _following_bn(children, i, width, bn_type)
         last, j = (bn, i + 2) if bn else (child, i + 1)
         while j < len(children) and isinstance(children[j][1], ELEMENTWISE):
             last = children[j][0]
             j += 1
         return prefix + last
+    if kind == "linear":
+        return prefix + (_following_bn(children, i, width, bn_type) or child)
     convs = [n for n, m in children if isinstance(m, nn.Conv2d)]
     if parent_name and convs[-1] == child:
         return parent_name
@@ -188,7 +240,8 @@ class _MaskHook:
 
 
 class ChannelMask:
-    """Prunes output channels of conv ``layer`` by zeroing them at its activation point.
+    """Prunes output channels of conv ``layer`` (or, with ``kind="linear"``, hidden units of a
+    Linear layer) by zeroing them at its activation point.
 
     The weights stay untouched; the zeros come from a forward hook, so they hold in
     ``train()`` and ``eval()`` mode, on any device, and for gradients (a pruned channel
@@ -200,10 +253,12 @@ class ChannelMask:
     ('relu2', [0, 5])
     """
 
-    def __init__(self, model: nn.Module, layer: str | None = None, mask_at: str | None = None) -> None:
-        self.layer = resolve_layer(model, layer)
-        self.point = activation_point(model, self.layer, mask_at)
-        self.channels: int = get_layer(model, self.layer).out_channels  # type: ignore[assignment]
+    def __init__(self, model: nn.Module, layer: str | None = None, mask_at: str | None = None,
+                 kind: LayerKind = "conv") -> None:
+        self.kind = kind
+        self.layer = resolve_layer(model, layer, kind)
+        self.point = activation_point(model, self.layer, mask_at, kind)
+        self.channels: int = _width(get_layer(model, self.layer))
         self._hook = _MaskHook(self.channels, self.point)
         self._handle: Any = get_layer(model, self.point).register_forward_hook(self._hook)
 
@@ -294,18 +349,21 @@ def channel_stats(model: nn.Module, point: str, x: torch.Tensor, batch_size: int
 
 
 def channel_means(model: nn.Module, layer: str | None, clean_x: torch.Tensor, batch_size: int = 2048,
-                  device: torch.device | str = "cpu", mask_at: str | None = None) -> torch.Tensor:
-    """Mean activation of each channel of conv ``layer`` on clean inputs (at its activation point)."""
-    layer = resolve_layer(model, layer)
-    channels = get_layer(model, layer).out_channels  # type: ignore[union-attr]
-    return channel_stats(model, activation_point(model, layer, mask_at), clean_x, batch_size, device, channels)[0]
+                  device: torch.device | str = "cpu", mask_at: str | None = None,
+                  kind: LayerKind = "conv") -> torch.Tensor:
+    """Mean activation of each channel of conv ``layer`` (each unit of a hidden Linear layer with
+    ``kind="linear"``) on clean inputs, at its activation point."""
+    layer = resolve_layer(model, layer, kind)
+    channels = _width(get_layer(model, layer))
+    return channel_stats(model, activation_point(model, layer, mask_at, kind), clean_x, batch_size, device,
+                         channels)[0]
 
 
 def prune_order(model: nn.Module, layer: str | None, clean_x: torch.Tensor, batch_size: int = 2048,
-                device: torch.device | str = "cpu", mask_at: str | None = None) -> list[int]:
-    """Channels of ``layer`` by increasing mean clean activation (Liu et al. 2018, Sec. 3.1);
+                device: torch.device | str = "cpu", mask_at: str | None = None, kind: LayerKind = "conv") -> list[int]:
+    """Channels (units) of ``layer`` by increasing mean clean activation (Liu et al. 2018, Sec. 3.1);
     ties keep channel order."""
-    means = channel_means(model, layer, clean_x, batch_size, device, mask_at)
+    means = channel_means(model, layer, clean_x, batch_size, device, mask_at, kind)
     return torch.argsort(means, stable=True).tolist()
 
 
@@ -358,6 +416,7 @@ class PruningResult:
     n_pruned: int
     base_val_acc: float
     max_drop: float
+    kind: LayerKind = "conv"
 
     @property
     def fraction_pruned(self) -> float:
@@ -374,7 +433,7 @@ class PruningResult:
 
     def apply(self, model: nn.Module) -> ChannelMask:
         """Attach the chosen mask to ``model`` (the model the curve was measured on, or a copy)."""
-        mask = ChannelMask(model, self.layer, self.point)
+        mask = ChannelMask(model, self.layer, self.point, self.kind)
         mask.set(self.pruned_channels)
         return mask
 
@@ -396,7 +455,7 @@ class PruningResult:
 def pruning_curve(model: nn.Module, layer: str | None, val: Dataset, test_clean: Dataset | None = None,
                   attack_set: AttackTestSet | None = None, step: int | float = 1, max_drop: float = 0.04,
                   batch_size: int = 2048, device: torch.device | str = "cpu", mask_at: str | None = None,
-                  full_curve: bool = True) -> PruningResult:
+                  full_curve: bool = True, kind: LayerKind = "conv") -> PruningResult:
     """Prune ``layer`` step by step in increasing clean-activation order (Liu et al. 2018,
     Sec. 3.1, Fig. 4) and pick the stop from the **validation** accuracy only.
 
@@ -410,15 +469,18 @@ def pruning_curve(model: nn.Module, layer: str | None, val: Dataset, test_clean:
     the model there, the point's output is computed once per data set and each step runs
     only the rest of the network on it (same batches, same rows: the same accuracies as
     full forward passes); otherwise every step runs the whole model.
+
+    ``kind="linear"`` prunes the hidden units of a Linear layer instead (``layer=None``: the
+    last hidden one); "channel" below then reads "unit".
     """
     check_max_drop(max_drop)
     check_step(step)
     if val is None or len(val) == 0:
         raise PoisonlabError("Fine-Pruning needs a clean validation split; set data.val_fraction > 0")
-    layer = resolve_layer(model, layer)
+    layer = resolve_layer(model, layer, kind)
     model.to(device)
-    point = activation_point(model, layer, mask_at)
-    channels = get_layer(model, layer).out_channels  # type: ignore[union-attr]
+    point = activation_point(model, layer, mask_at, kind)
+    channels = _width(get_layer(model, layer))
     modes = {m: m.training for m in model.modules()}
     rows: list[dict[str, Any]] = []
     mask: ChannelMask | None = None
@@ -434,7 +496,7 @@ def pruning_curve(model: nn.Module, layer: str | None, val: Dataset, test_clean:
         untargeted = attack_set is not None and attack_set.untargeted
         cache = _PointCache.build(model, point, sets, batch_size, device)
         if cache is None:  # every step runs the whole model, with the sweep's mask attached
-            mask = ChannelMask(model, layer, point)
+            mask = ChannelMask(model, layer, point, kind)
             net, inputs, prune = model, {k: x for k, (x, _) in sets.items()}, mask.set
         else:
             net, inputs, prune = cache.tail, cache.outputs, cache.prune
@@ -459,7 +521,7 @@ def pruning_curve(model: nn.Module, layer: str | None, val: Dataset, test_clean:
             m.training = flag
     base = rows[0]["val_acc"]
     chosen = rows[choose_stop([r["val_acc"] for r in rows], base, max_drop)]["n_pruned"]
-    return PruningResult(layer, point, channels, order, means.tolist(), rows, chosen, base, max_drop)
+    return PruningResult(layer, point, channels, order, means.tolist(), rows, chosen, base, max_drop, kind)
 
 
 def split_at(model: nn.Module, point: str) -> tuple[nn.Sequential, list[nn.Module]] | None:

@@ -12,18 +12,21 @@ from typing import Any, Literal
 
 from ..config import OutputConfig, apply_overrides, from_dict, read_yaml
 from ..errors import PoisonlabError
-from .defended import DefenseSpec, parse_defenses
+from .defended import NEEDS_VALIDATION, DefenseSpec, parse_defenses
 from .learners import LearnerSpec
 
 
 @dataclass
 class SubpopDataConfig:
-    """``data:``: the data set and the victim / attacker split of its training rows."""
+    """``data:``: the data set, the victim / attacker split of its training rows and the clean
+    validation split carved from the victim's rows (``val_fraction``; 0 = none, the victim
+    trains on all its rows; defenses that decide on clean data need it > 0)."""
 
     name: str = "adult"
     dir: str | None = None
     download: bool = False
     attacker_fraction: float = 0.5
+    val_fraction: float = 0.0
     train_limit: int | None = None
     text_features: int = 2000
 
@@ -62,7 +65,8 @@ class SubpopConfig:
     subpopulations: SubpopulationsConfig = field(default_factory=SubpopulationsConfig)
     attack: SubpopAttackConfig = field(default_factory=SubpopAttackConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
-    # ``defenses:``: [{name: trim | sever | spectral-signatures | activation-clustering, label?, ...}]
+    # ``defenses:``: [{name: trim | sever | spectral-signatures | activation-clustering | certified | fine-pruning,
+    # label?, ...}]
     # (:mod:`poisonlab.subpop.defended`); fixed thresholds, filled with their defaults by validate()
     defenses: list[Any] = field(default_factory=list)
 
@@ -70,6 +74,8 @@ class SubpopConfig:
         d, s, a = self.data, self.subpopulations, self.attack
         checks = [
             (0 < d.attacker_fraction < 1, f"data.attacker_fraction must be in (0, 1), got {d.attacker_fraction}"),
+            (0 <= d.val_fraction < 1,
+             f"data.val_fraction must be in [0, 1) (0.1: a tenth of the victim's rows), got {d.val_fraction}"),
             (d.train_limit is None or d.train_limit >= 2, f"data.train_limit must be >= 2, got {d.train_limit}"),
             (d.text_features >= 1, f"data.text_features must be >= 1, got {d.text_features}"),
             (self.seed >= 0, f"seed must be >= 0, got {self.seed}"),
@@ -91,7 +97,16 @@ class SubpopConfig:
             if not ok:
                 raise PoisonlabError(message)
         self.model.validate()
-        self.defenses = [d.to_dict() for d in parse_defenses(self.defenses)]
+        specs = parse_defenses(self.defenses)
+        for i, spec in enumerate(specs):
+            if spec.name in NEEDS_VALIDATION and d.val_fraction == 0:
+                raise PoisonlabError(f"defenses[{i}] ({spec.name}) decides on a clean validation split, but "
+                                     f"data.val_fraction is 0; set data.val_fraction > 0 (e.g. 0.1)")
+            hidden = self.model.options.get("hidden", [256]) if isinstance(self.model.options, dict) else None
+            if spec.name == "fine-pruning" and self.model.name == "mlp" and hidden in ([], ()):
+                raise PoisonlabError(f"defenses[{i}] (fine-pruning) prunes hidden units, but the model has no hidden "
+                                     f"layer (mlp hidden: [], logistic regression); give it one or drop the defense")
+        self.defenses = [d.to_dict() for d in specs]
 
     def defense_specs(self) -> list[DefenseSpec]:
         """The validated ``defenses:`` list."""

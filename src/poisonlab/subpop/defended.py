@@ -3,10 +3,11 @@
 The paper evaluates defenses against its attack and finds that none consistently lowers
 target damage without raising collateral. This module lets a subpopulation experiment
 repeat that check: an optional ``defenses:`` list in the config, each item
-``{name: trim | sever | spectral-signatures | activation-clustering, label?: str, ...params}``.
+``{name: trim | sever | spectral-signatures | activation-clustering | certified | fine-pruning,
+label?: str, ...params}``.
 
 In each sweep task (subpopulation i, alpha j), after D ∪ D_p is built and the undefended
-victim trained, every configured defense decides which rows of D ∪ D_p to drop:
+victim trained, every configured *row filter* decides which rows of D ∪ D_p to drop:
 
 * ``trim`` (TRIM / ILTM, :func:`poisonlab.defenses.robust_training.trim`): keep the
   ``round((1 - epsilon) * n)`` rows of lowest cross-entropy, or ``round(keep_fraction * n)``
@@ -18,6 +19,33 @@ victim trained, every configured defense decides which rows of D ∪ D_p to drop
   on the undefended victim's representations (``representations(model, x, "auto")``) of
   D ∪ D_p, grouped by the training labels.
 
+Two more defenses give a defended model without dropping rows (their "poisons removed" and
+"clean rows removed" are NaN: not a row filter):
+
+* ``certified`` (Rosenfeld, Winston, Ravikumar, Kolter, ICML 2020, arXiv 2002.03018;
+  :class:`poisonlab.defenses.certified.SmoothedRidge`): the defended model is ridge
+  regression (penalty ``lam``, intercept column added, also penalised) on the *model input*
+  (e.g. Adult's one-hot / standardised columns, flattened) of the task's D ∪ D_p, smoothed
+  over label noise ``q``; binary labels only. Its predictions are the side of 1/2 of the
+  expected score, a d-dimensional product per test row. Each task also records
+  ``certified_accuracy``: the share of the subpopulation's test rows the smoothed classifier
+  gets right *and* certifies against ``r = n_poison`` flipped training labels, and
+  ``target_vs_smoothed_clean``: its target damage against the same smoothed classifier trained
+  on clean D (the damage to the certified model itself; target / collateral, as for every
+  defense, compare with the clean victim A(D), so they include the change of learner). **The
+  certificate covers flipped labels of existing rows, while this attack adds rows** (with
+  their own features), so ``certified_accuracy`` is a reference, not a guarantee against this
+  attack. Once per experiment (:func:`certified_curve`) the clean-D classifier's certified
+  accuracy against 0..``curve_max_r`` flips (default: the sweep's largest poison count) is
+  measured on ``curve_rows`` test rows drawn with the seed (report only: nothing is chosen on it).
+* ``fine-pruning`` (Liu, Dolan-Gavitt, Garg, RAID 2018; :mod:`poisonlab.defenses.pruning`,
+  evaluated by Jagielski et al. Sec. 6): the undefended victim's last hidden layer (the
+  ``nn.Linear`` before the output) loses its units in increasing order of mean activation on
+  the clean **validation split** (``data.val_fraction``) until the validation accuracy would
+  drop by more than ``max_drop``; the pruned victim is then fine-tuned on the validation split
+  (``fine_tune_epochs`` of SGD, momentum 0.9, batch 128, learning rate ``fine_tune_lr``;
+  0 epochs: pruning alone). Needs a model with a hidden layer.
+
 ``fit`` for TRIM and SEVER is the task's learner (:func:`~poisonlab.subpop.learners.fit_victim`,
 same mode, same seed) on a row subset. The defended model is that learner retrained on the
 kept rows; its target damage and collateral are measured against the *same* clean model
@@ -25,14 +53,14 @@ A(D) as the undefended numbers, so a table reads how far the defense lowers the 
 what it costs.
 
 **Thresholds are fixed parameters** (the config's values or the defaults below): no test
-row is read to choose them. Every defense is deterministic given the task's seed, so a
-parallel sweep still equals the serial one.
+row is read to choose them; fine-pruning's stop reads the validation split only. Every
+defense is deterministic given the task's seed, so a parallel sweep still equals the serial one.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -41,7 +69,11 @@ from torch import nn
 from ..data.base import Dataset
 from ..errors import PoisonlabError, did_you_mean
 
-__all__ = ["DEFENSES", "DefenseSpec", "apply_defense", "defense_rows", "defense_summary", "parse_defenses"]
+if TYPE_CHECKING:
+    from ..defenses.certified import SmoothedRidge
+
+__all__ = ["DEFENSES", "NEEDS_VALIDATION", "DefenseSpec", "apply_defense", "certified_curve", "defense_rows",
+           "defense_summary", "fine_prune_victim", "parse_defenses", "smoothed_ridge"]
 
 # name -> {param: default}; None = not set (trim's keep_fraction: derived from epsilon)
 DEFENSES: dict[str, dict[str, Any]] = {
@@ -50,7 +82,12 @@ DEFENSES: dict[str, dict[str, Any]] = {
     "spectral-signatures": {"epsilon": 0.05, "removal_factor": 1.5},
     "activation-clustering": {"dims": 10, "reduce": "pca", "rule": "size", "size_threshold": 0.35,
                               "silhouette_threshold": 0.10},
+    # curve_max_r None: the sweep's largest poison count
+    "certified": {"q": 0.1, "lam": 1.0, "curve_rows": 200, "curve_max_r": None},
+    "fine-pruning": {"max_drop": 0.04, "fine_tune_epochs": 10, "fine_tune_lr": 0.01},
 }
+#: defenses that decide on the clean validation split (``data.val_fraction > 0``)
+NEEDS_VALIDATION = ("fine-pruning",)
 METRICS = ("target", "collateral", "clean_accuracy", "poisons_removed", "clean_removed")
 
 
@@ -91,8 +128,23 @@ def _check_param(where: str, key: str, v: Any) -> Any:
     if key == "keep_fraction":
         need(v is None or (_is_num(v) and 0 < float(v) <= 1), "a number in (0, 1] or null")
         return None if v is None else float(v)
-    if key in ("max_iters", "rounds", "dims"):
+    if key in ("max_iters", "rounds", "dims", "curve_rows"):
         need(_is_int(v) and v >= 1, "an integer >= 1")
+        return int(v)
+    if key == "q":
+        need(_is_num(v) and 0 < float(v) < 0.5, "a label-noise rate in (0, 0.5)")
+        return float(v)
+    if key in ("lam", "fine_tune_lr"):
+        need(_is_num(v) and float(v) > 0, "a number > 0")
+        return float(v)
+    if key == "curve_max_r":
+        need(v is None or (_is_int(v) and v >= 0), "an integer >= 0 or null (the sweep's largest poison count)")
+        return None if v is None else int(v)
+    if key == "max_drop":
+        need(_is_num(v) and 0 <= float(v) < 1, "in [0, 1) (a drop in validation accuracy, 0.04 = 4 points)")
+        return float(v)
+    if key == "fine_tune_epochs":
+        need(_is_int(v) and v >= 0, "an integer >= 0 (0: prune only)")
         return int(v)
     if key == "removal_factor":
         need(_is_num(v) and float(v) > 0, "a number > 0")
@@ -201,6 +253,66 @@ def apply_defense(d: DefenseSpec, spec: Any, pretrained: nn.Module | None, poiso
     return remove, fit(np.flatnonzero(~remove))
 
 
+def smoothed_ridge(d: DefenseSpec, data: Dataset) -> SmoothedRidge:
+    """The ``certified`` defense's classifier on ``data``: :class:`~poisonlab.defenses.certified.SmoothedRidge`
+    (``q``, ``lam``, intercept) on the flattened model input; binary labels only."""
+    from ..defenses.certified import SmoothedRidge
+
+    check_binary(d, data.num_classes)
+    x = data.x.reshape(len(data), -1).double().numpy()
+    return SmoothedRidge(d.params["q"], d.params["lam"]).fit(x, data.y.numpy())
+
+
+def check_binary(d: DefenseSpec, num_classes: int) -> None:
+    """One-line error unless a ``certified`` defense meets a two-class data set."""
+    if d.name == "certified" and num_classes != 2:
+        raise PoisonlabError(f"defense '{d.label}' (certified) handles binary labels only; the data set has "
+                             f"{num_classes} classes: remove it from defenses")
+
+
+def fine_prune_victim(d: DefenseSpec, undefended: nn.Module, val: Dataset | None, seed: int) -> tuple[nn.Module, int]:
+    """``(model, units pruned)``: a fine-pruned copy of ``undefended`` (Liu et al. 2018): its
+    last hidden Linear layer pruned in increasing order of clean-validation mean activation
+    while the validation accuracy stays within ``max_drop``, then fine-tuned on ``val``."""
+    import copy
+
+    from ..defenses.pruning import FinePruningConfig, fine_tune, pruning_curve
+
+    if val is None or len(val) == 0:
+        raise PoisonlabError(f"defense '{d.label}' (fine-pruning) needs a clean validation split; "
+                             f"set data.val_fraction > 0 (e.g. 0.1)")
+    p = d.params
+    model = copy.deepcopy(undefended)
+    curve = pruning_curve(model, None, val, step=1, max_drop=p["max_drop"], full_curve=False, kind="linear")
+    curve.apply(model)
+    if p["fine_tune_epochs"] > 0:
+        cfg = FinePruningConfig(fine_tune_epochs=p["fine_tune_epochs"], fine_tune_lr=p["fine_tune_lr"])
+        fine_tune(model, val, cfg.fine_tune_config(), seed)
+    return model.eval(), curve.n_pruned
+
+
+def certified_curve(d: DefenseSpec, clean: Dataset, test: Dataset, seed: int, max_r: int) -> dict[str, Any]:
+    """The ``certified`` defense on clean D, once per experiment: certified accuracy against
+    ``r = 0..max_r`` flipped training labels (Rosenfeld et al. 2020) on
+    ``curve_rows`` test rows drawn with ``seed`` (a report: no choice is made on it), and the
+    smoothed classifier's accuracy on the whole test set."""
+    import time
+
+    from ..defenses.certified import curve_from_radii
+
+    start = time.perf_counter()
+    model = smoothed_ridge(d, clean)
+    y = test.y.numpy()
+    accuracy = float((model.predict(test.x.reshape(len(test), -1).double().numpy()) == y).mean())
+    n = min(d.params["curve_rows"], len(test))
+    rows = np.sort(np.random.default_rng([seed, 0x43525456]).choice(len(test), n, replace=False))
+    labels, radii = model.radii(test.x[torch.as_tensor(rows)].reshape(n, -1).double().numpy(), max_r)
+    curve = curve_from_radii(labels == y[rows], radii, max_r)
+    return {"q": d.params["q"], "lam": d.params["lam"], "rows": int(n), "max_r": int(max_r),
+            "smoothed_clean_accuracy": accuracy, "curve": [[r, acc] for r, acc in curve],
+            "seconds": time.perf_counter() - start}
+
+
 def _nanmean(values: list[float]) -> float:
     v = np.asarray([x for x in values if x is not None and not np.isnan(x)], dtype=np.float64)
     return float(v.mean()) if len(v) else math.nan
@@ -211,7 +323,8 @@ def defense_summary(rows: list[dict[str, Any]], labels: list[str], k: int = 5) -
     target damage of the k subpopulations worst *without* defense (target descending, ties
     by subpop_id; the same subpopulations for every defense), ``collateral_all``,
     ``clean_accuracy``, ``poisons_removed`` and ``clean_removed`` (means over all
-    subpopulations at that alpha, NaN skipped; 0 removed for "none")."""
+    subpopulations at that alpha, NaN skipped; 0 removed for "none"; NaN for the defenses that
+    remove no rows: certified, fine-pruning)."""
     alphas = sorted({r["alpha"] for r in rows})
     at = {a: [r for r in rows if r["alpha"] == a] for a in alphas}
     worst = {a: sorted((r for r in at[a] if not np.isnan(r["target"])),

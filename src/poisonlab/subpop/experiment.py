@@ -1,10 +1,12 @@
 """One subpopulation-poisoning experiment, end to end (Jagielski et al., CCS 2021).
 
-load -> victim / attacker split of the training rows (Sec. 3) -> features (TF-IDF for
+load -> victim / attacker split of the training rows (Sec. 3) -> the clean validation split
+carved from the victim's rows (``data.val_fraction``; D is the rest) -> features (TF-IDF for
 text) -> clean victim model A(D) and the attacker's own model -> subpopulations
 (FeatureMatch or ClusterMatch, Sec. 4.1) and each one's poison label (Sec. 4.2) -> the sweep
 over subpopulations x alphas (:mod:`poisonlab.subpop.sweep`), with the configured defenses
-(:mod:`poisonlab.subpop.defended`) run in every task -> tables, plots, run folder and index row.
+(:mod:`poisonlab.subpop.defended`) run in every task -> the certified defense's clean-D
+certified-accuracy curve -> tables, plots, run folder and index row.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from ..models.layers import get_layer
 from ..resources import peak_rss_mb, timed
 from ..store import RunFolder, index_run, open_run, save_weights
 from .config import SubpopConfig
-from .defended import defense_rows, defense_summary
+from .defended import certified_curve, check_binary, defense_rows, defense_summary
 from .learners import (
     TextFeatures,
     build,
@@ -38,10 +40,10 @@ from .learners import (
     representation,
 )
 from .metrics import worst_k_summary
-from .poisons import least_likely_label
+from .poisons import least_likely_label, poison_count
 from .subpopulations import Subpopulation, feature_match, fit_cluster_match, membership
 from .sweep import SweepInputs, default_workers, run_sweep
-from .threat import attacker_split
+from .threat import attacker_split, validation_split
 
 
 def _find_subpopulations(cfg: SubpopConfig, attacker: Dataset, test: Dataset, attacker_model: torch.nn.Module
@@ -73,13 +75,24 @@ def run_subpop_experiment(cfg: SubpopConfig) -> tuple[RunFolder, dict[str, Any]]
         split = load_dataset(cfg.data.name, cfg.data.dir, cfg.data.download)
     train = limit_rows(split.train, cfg.data.train_limit, cfg.seed)
     victim_idx, attacker_idx = attacker_split(len(train), cfg.data.attacker_fraction, cfg.seed, train.y)
-    victim, attacker, test = train.subset(victim_idx), train.subset(attacker_idx), split.test
+    # the clean validation split: victim rows, drawn before any poison exists; D is the rest
+    keep_idx, val_idx = validation_split(len(victim_idx), cfg.data.val_fraction, cfg.seed, train.y[victim_idx])
+    victim, attacker, test = train.subset(victim_idx[keep_idx]), train.subset(attacker_idx), split.test
+    val = train.subset(victim_idx[val_idx]) if len(val_idx) else None
     text = None
     if "text" in train.meta and train.x.shape[1:] == (0,):
         with timed(times, "features_seconds"):
             text = TextFeatures(max_features=cfg.data.text_features).fit(victim.meta["text"])
             victim, attacker, test = featurize(victim, text), featurize(attacker, text), featurize(test, text)
+            val = featurize(val, text) if val is not None else None
     spec = cfg.model
+    specs = cfg.defense_specs()
+    for d in specs:  # fail before any training
+        check_binary(d, test.num_classes)
+        if d.name == "fine-pruning":
+            from ..defenses.pruning import resolve_layer
+
+            resolve_layer(build(spec, attacker, cfg.seed), None, kind="linear")  # a hidden layer to prune
     if isinstance(cfg.attack.label, int) and cfg.attack.label >= test.num_classes:
         raise PoisonlabError(f"attack.label {cfg.attack.label} is out of range; the data set has classes "
                              f"0..{test.num_classes - 1}")
@@ -104,32 +117,47 @@ def run_subpop_experiment(cfg: SubpopConfig) -> tuple[RunFolder, dict[str, Any]]
         labels = [int(cfg.attack.label)] * len(subs)
     workers = cfg.workers or default_workers()
     inputs = SweepInputs(spec, victim, attacker, test, pretrained if spec.mode != "scratch" else None, clean_pred,
-                         a_members, t_members, labels, list(cfg.attack.alphas), cfg.seed, cfg.defense_specs())
+                         a_members, t_members, labels, list(cfg.attack.alphas), cfg.seed, specs, val)
     with timed(times, "sweep_seconds"):
         results = run_sweep(inputs, workers)
+    certified: dict[str, Any] = {}
+    if any(d.name == "certified" for d in specs):
+        most = max(poison_count(a, int(m.sum())) for a in cfg.attack.alphas for m in a_members)
+        with timed(times, "certified_curve_seconds"):
+            for d in (d for d in specs if d.name == "certified"):
+                max_r = d.params["curve_max_r"] if d.params["curve_max_r"] is not None else max(1, most)
+                certified[d.label] = certified_curve(d, victim, test, cfg.seed, max_r)
     rows = [_row(subs[r["index"]], a_members[r["index"]], t_members[r["index"]], r) for r in results]
     summary = worst_k_summary([{"subpop_id": r["subpop_id"], "alpha": r["alpha"], "target": r["target"],
                                 "collateral": r["collateral"]} for r in rows])
     defenses = defense_summary(rows, [d.label for d in inputs.defenses]) if inputs.defenses else []
+    for label, c in certified.items():
+        c["per_alpha"] = [{"alpha": a, **{k: _mean([r[f"{label}:{k}"] for r in rows if r["alpha"] == a])
+                                          for k in ("certified_accuracy", "target_vs_smoothed_clean")}}
+                          for a in sorted({r["alpha"] for r in rows})]
     y = test.y.numpy()
     times["total_seconds"] = time.perf_counter() - start
     metrics: dict[str, Any] = {
         "name": cfg.name, "version": __version__, "seed": cfg.seed, "platform": platform.platform(),
         "torch": torch.__version__, "workers": workers,
         "data": {"name": cfg.data.name, "victim": len(victim), "attacker": len(attacker), "test": len(test),
-                 "features": int(np.prod(test.x.shape[1:]))},
+                 "features": int(np.prod(test.x.shape[1:])), **({"validation": len(val)} if val is not None else {})},
         "model": {"name": spec.name, "options": spec.options, "mode": spec.mode,
                   "clean_accuracy": float((clean_pred == y).mean())},
         "subpopulations": {"kind": cfg.subpopulations.kind, "count": len(subs), **how},
-        "summary": summary, "defenses": defenses, "rows": rows, "time": times,
+        "summary": summary, "defenses": defenses, **({"certified": certified} if certified else {}),
+        "rows": rows, "time": times,
         "retrainings": len(results), "seconds_per_retraining": float(np.mean([r["seconds"] for r in results])),
         "peak_memory_mb": {"rss": peak_rss_mb()},
     }
     resolved = cfg.to_dict()
     if not resolved["defenses"]:  # no defense: the same hash as before defenses existed
         del resolved["defenses"]
+    hashed_data = {k: v for k, v in resolved["data"].items() if k != "dir"}
+    if not hashed_data["val_fraction"]:  # no validation split: the same hash as before it existed
+        del hashed_data["val_fraction"]
     chash = config_hash({k: v for k, v in resolved.items() if k not in ("output", "workers")}
-                        | {"data": {k: v for k, v in resolved["data"].items() if k != "dir"}})
+                        | {"data": hashed_data})
     with open_run(cfg.output.dir, cfg.name, chash) as folder:
         metrics["config_hash"] = chash
         _write(folder, cfg, resolved, metrics, rows, summary, clean)
@@ -143,6 +171,11 @@ def run_subpop_experiment(cfg: SubpopConfig) -> tuple[RunFolder, dict[str, Any]]
         "metrics": {k: v for k, v in metrics.items() if k != "rows"},
     })
     return folder, metrics
+
+
+def _mean(values: list[float]) -> float:
+    v = [x for x in values if not np.isnan(x)]
+    return float(np.mean(v)) if v else float("nan")
 
 
 def _row(sub: Subpopulation, a_member: np.ndarray, t_member: np.ndarray, r: dict[str, Any]) -> dict[str, Any]:
@@ -183,11 +216,39 @@ def _write(folder: RunFolder, cfg: SubpopConfig, resolved: dict[str, Any], metri
         title = f"{cfg.name}: defenses (damage against the same clean model A(D))"
         folder.write_text("tables/defenses.md", report.to_markdown(drows, title))
         folder.write_text("tables/defenses.csv", report.to_csv(drows))
+    if metrics.get("certified"):
+        folder.write_text("tables/certified.csv", report.to_csv(certified_rows(metrics["certified"])))
     folder.write_text("tables/hardest_hit.md", report.to_markdown(fairness_rows(rows), f"{cfg.name}: hardest-hit subpopulations"))
     if cfg.output.save_weights:
         save_weights(clean, folder.file("weights", "clean.safetensors"))
     if cfg.output.plots:
         plot_target_damage(folder.file("plots", "target_damage.png"), rows)
+        if metrics.get("certified"):
+            plot_certified(folder.file("plots", "certified.png"), metrics["certified"])
+
+
+def certified_rows(certified: dict[str, dict[str, Any]]) -> list[dict[str, str]]:
+    """The certified defenses' clean-D curves (Rosenfeld et al. 2020): one row per defense and
+    number of flipped training labels r."""
+    return [{"defense": label, "q": f"{c['q']:g}", "lam": f"{c['lam']:g}", "test rows": str(c["rows"]),
+             "flips r": str(r), "certified accuracy": f"{acc:.4f}"}
+            for label, c in certified.items() for r, acc in c["curve"]]
+
+
+def plot_certified(path: Any, certified: dict[str, dict[str, Any]]) -> None:
+    """Certified accuracy of the clean-D smoothed classifier against the number of flipped labels."""
+    plt = report.pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for label, c in certified.items():
+        r, acc = zip(*c["curve"])
+        ax.step(r, acc, where="post", label=f"{label} (q {c['q']:g}, lam {c['lam']:g}, {c['rows']} rows)")
+    ax.set_xlabel("flipped training labels r")
+    ax.set_ylabel("certified accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def plot_target_damage(path: Any, rows: list[dict[str, Any]]) -> None:

@@ -14,11 +14,16 @@ parallel sweep returns exactly the serial sweep's numbers, in the same order.
 With ``defenses`` (:mod:`poisonlab.subpop.defended`), each task also runs every defense on
 D ∪ D_p, retrains on the rows it keeps and adds ``"{label}:target"``, ``":collateral"``,
 ``":clean_accuracy"``, ``":poisons_removed"`` and ``":clean_removed"`` to its result, measured
-against the same clean predictions A(D). Defenses are deterministic given the task's seed
-and their thresholds are fixed parameters (no test row is read to choose them).
+against the same clean predictions A(D) (removed shares NaN for the defenses that drop no
+row). ``certified`` also adds ``":certified_accuracy"`` (subpopulation test rows right and
+certified at r = n_poison flipped labels) and ``":target_vs_smoothed_clean"``;
+``fine-pruning`` adds ``":units_pruned"``. Defenses are deterministic given the task's seed
+and their thresholds are fixed parameters (no test row is read to choose them; fine-pruning
+reads the clean validation split ``val``).
 """
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing as mp
 import os
 import time
@@ -33,7 +38,7 @@ from torch import nn
 from .. import progress
 from ..data.base import Dataset
 from ..errors import PoisonlabError
-from .defended import DefenseSpec, apply_defense
+from .defended import DefenseSpec, apply_defense, fine_prune_victim, smoothed_ridge
 from .learners import LearnerSpec, fit_victim, predictions
 from .metrics import accuracy_on, collateral, target_damage
 from .poisons import label_flip_poisons
@@ -44,7 +49,7 @@ class SweepInputs:
     """Everything a retraining needs, shared by all tasks."""
 
     spec: LearnerSpec
-    victim: Dataset              # D, the victim's clean training rows (tensor features)
+    victim: Dataset              # D, the victim's clean training rows (tensor features; without ``val``)
     attacker: Dataset            # the attacker's rows (tensor features)
     test: Dataset
     pretrained: nn.Module | None  # the clean model the transfer / fine-tune modes continue
@@ -55,6 +60,9 @@ class SweepInputs:
     alphas: list[float]
     seed: int
     defenses: list[DefenseSpec] = field(default_factory=list)  # run in every task after the undefended fit
+    val: Dataset | None = None   # the clean validation split carved from D (fine-pruning decides on it)
+    # per certified defense label: the smoothed classifier trained on clean D, on the test set (run_sweep fills it)
+    smoothed_clean: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 _SHARED: SweepInputs | None = None
@@ -82,15 +90,48 @@ def run_task(i: int, j: int) -> dict[str, Any]:
         "clean_accuracy_after": float((pred == y).mean())}
     n_clean = len(s.victim)
     for d in s.defenses:
-        remove, defended = apply_defense(d, s.spec, s.pretrained, poisoned, model, s.seed)
-        pred_d = predictions(defended, s.test.x)
+        extra: dict[str, Any] = {}
+        remove: np.ndarray | None = None
+        if d.name == "certified":
+            ridge = smoothed_ridge(d, poisoned)
+            pred_d = ridge.predict(_flat(s.test.x))
+            labels, certified = ridge.certify(_flat(s.test.x[torch.from_numpy(member)]), len(y_p))
+            extra = {"certified_accuracy": float(np.mean((labels == y[member]) & certified)) if member.any()
+                     else float("nan"),
+                     "target_vs_smoothed_clean": target_damage(s.smoothed_clean[d.label], pred_d, y, member)}
+        elif d.name == "fine-pruning":
+            defended, pruned = fine_prune_victim(d, model, s.val, s.seed)
+            pred_d = predictions(defended, s.test.x)
+            extra = {"units_pruned": pruned}
+        else:
+            remove, defended = apply_defense(d, s.spec, s.pretrained, poisoned, model, s.seed)
+            pred_d = predictions(defended, s.test.x)
+        nan = float("nan")
         out.update({f"{d.label}:target": target_damage(s.clean_pred, pred_d, y, member),
                     f"{d.label}:collateral": collateral(s.clean_pred, pred_d, y, member),
                     f"{d.label}:clean_accuracy": float((pred_d == y).mean()),
-                    f"{d.label}:poisons_removed": float(remove[n_clean:].mean()) if len(y_p) else float("nan"),
-                    f"{d.label}:clean_removed": float(remove[:n_clean].mean())})
+                    f"{d.label}:poisons_removed": float(remove[n_clean:].mean()) if remove is not None and len(y_p)
+                    else nan,
+                    f"{d.label}:clean_removed": float(remove[:n_clean].mean()) if remove is not None else nan,
+                    **{f"{d.label}:{k}": v for k, v in extra.items()}})
     out["seconds"] = time.perf_counter() - start
     return out
+
+
+def _flat(x: torch.Tensor) -> np.ndarray:
+    """Rows of ``x`` flattened to float64 features (the certified defense's input)."""
+    return x.reshape(len(x), -1).double().numpy()
+
+
+def _with_references(inputs: SweepInputs) -> SweepInputs:
+    """``inputs`` with each certified defense's clean-D predictions (computed once, before any task)."""
+    missing = [d for d in inputs.defenses if d.name == "certified" and d.label not in inputs.smoothed_clean]
+    if not missing:
+        return inputs
+    refs = dict(inputs.smoothed_clean)
+    for d in missing:
+        refs[d.label] = smoothed_ridge(d, inputs.victim).predict(_flat(inputs.test.x))
+    return dataclasses.replace(inputs, smoothed_clean=refs)
 
 
 def _init_worker() -> None:
@@ -109,7 +150,7 @@ def run_sweep(inputs: SweepInputs, workers: int = 1) -> list[dict[str, Any]]:
     tasks = [(i, j) for i in range(len(inputs.labels)) for j in range(len(inputs.alphas))]
     if not tasks:
         raise PoisonlabError("no subpopulation to attack: widen the size bounds or lower min_test")
-    _SHARED = inputs
+    _SHARED = _with_references(inputs)
     results: dict[tuple[int, int], dict[str, Any]] = {}
     try:
         with progress.bar("subpopulation retrainings", len(tasks), unit="fit") as bar:
