@@ -5,6 +5,7 @@ import csv
 
 import numpy as np
 import pytest
+import torch
 from test_subpop_experiment import BASE, SPEC, SPLIT, planted_table
 
 import poisonlab.subpop.experiment as sub_experiment
@@ -29,6 +30,10 @@ from poisonlab.subpop.sweep import SweepInputs, run_sweep
     ("{name: activation-clustering, reduce: pcaa}", "defenses[0].reduce must be pca or ica (did you mean 'pca'?)"),
     ("{name: activation-clustering, rule: sise}", "defenses[0].rule must be size or silhouette"),
     ("{name: activation-clustering, size_threshold: 1}", "defenses[0].size_threshold must be a number in (0, 1)"),
+    ("{name: spectral-signatures, rule: size}", "defenses[0].rule must be budget or validation"),
+    ("{name: spectral-signatures, false_removal_rate: 1}", "defenses[0].false_removal_rate must be a number in [0, 1)"),
+    ("{name: activation-clustering, validation_ratio: 0}", "defenses[0].validation_ratio must be a number in (0, 1]"),
+    ("{name: spectral-signatures, rule: validation}", "decides on a clean validation split, but data.val_fraction is 0"),
     ("{name: trim, label: none}", "defenses[0].label must be a non-empty string other than 'none'"),
     ("trim, {name: trim}", "label 'trim' is used twice"),
     ("{name: trim}, 5", "defenses[1] must be a mapping like {name: trim}"),
@@ -45,8 +50,10 @@ def test_defense_defaults_are_filled():
     assert cfg.defenses[0] == {"name": "trim", "label": "trim", "epsilon": 0.05, "keep_fraction": None, "max_iters": 5}
     assert cfg.defenses[1] == {"name": "sever", "label": "sever", "remove_fraction": 0.01, "rounds": 4}
     assert cfg.defenses[2]["epsilon"] == 0.05 and cfg.defenses[2]["removal_factor"] == 1.5
+    assert cfg.defenses[2]["rule"] == "budget" and cfg.defenses[2]["false_removal_rate"] == 0.05
     assert cfg.defenses[3] == {"name": "activation-clustering", "label": "ac", "dims": 10, "reduce": "pca",
-                               "rule": "size", "size_threshold": 0.35, "silhouette_threshold": 0.10}
+                               "rule": "size", "size_threshold": 0.35, "silhouette_threshold": 0.10,
+                               "validation_ratio": 0.5}
     assert cfg.defenses[4] == {"name": "trim", "label": "t90", "keep_fraction": 0.9, "max_iters": 5}
     specs = cfg.defense_specs()  # the filled list validates again
     assert trim_keep_count(specs[0].params, 1000) == 950 and trim_keep_count(specs[4].params, 15) == 14  # 13.5 -> 14
@@ -139,3 +146,34 @@ def test_defense_summary_by_hand():
     assert none["worst_subpops"] == d["worst_subpops"] == ["a"]
     assert (none["target_worst_k"], d["target_worst_k"]) == (0.5, 0.0)  # not b's 0.9: ranked undefended
     assert d["collateral_all"] == pytest.approx(0.1) and none["clean_removed"] == 0.0
+
+
+def test_validation_rules_read_the_validation_split(defended_inputs):
+    """Spectral Signatures / Activation Clustering with rule 'validation' inside a sweep task
+    decide exactly as the library functions do on the undefended victim's representations of
+    D ∪ D_p and of the clean validation rows."""
+    from poisonlab.data.base import Dataset
+    from poisonlab.defenses.activation_clustering import activation_clustering
+    from poisonlab.defenses.filtering import representations
+    from poisonlab.defenses.spectral import spectral_signatures
+    from poisonlab.subpop.defended import apply_defense
+
+    s = defended_inputs
+    val = planted_table(200, 3)
+    rows = np.flatnonzero(s.attacker_members[2])[:20]  # 20 rows of a subpopulation with their labels flipped
+    poisoned = Dataset(torch.cat([s.victim.x, s.attacker.x[rows]]), torch.cat([s.victim.y, 1 - s.attacker.y[rows]]),
+                       s.victim.classes)
+    model = fit_scratch(SPEC, poisoned, 0)
+    reps, vreps = representations(model, poisoned.x, "auto"), representations(model, val.x, "auto")
+    ss, ac = parse_defenses([{"name": "spectral-signatures", "rule": "validation"},
+                             {"name": "activation-clustering", "rule": "validation"}])
+    got_ss, _ = apply_defense(ss, SPEC, None, poisoned, model, 0, val)
+    want_ss = spectral_signatures(reps, poisoned.y.numpy(), rule="validation", val_reprs=vreps,
+                                  val_labels=val.y.numpy(), false_removal_rate=0.05).remove
+    assert np.array_equal(got_ss, want_ss)
+    got_ac, _ = apply_defense(ac, SPEC, None, poisoned, model, 0, val)
+    want_ac = activation_clustering(reps, poisoned.y.numpy(), 10, "pca", "validation", seed=0, val_reprs=vreps,
+                                    val_labels=val.y.numpy()).remove
+    assert np.array_equal(got_ac, want_ac)
+    with pytest.raises(PoisonlabError, match="set data.val_fraction > 0"):
+        apply_defense(ss, SPEC, None, poisoned, model, 0, None)

@@ -99,7 +99,7 @@ class SubpopConfig:
         self.model.validate()
         specs = parse_defenses(self.defenses)
         for i, spec in enumerate(specs):
-            if spec.name in NEEDS_VALIDATION and d.val_fraction == 0:
+            if (spec.name in NEEDS_VALIDATION or spec.params.get("rule") == "validation") and d.val_fraction == 0:
                 raise PoisonlabError(f"defenses[{i}] ({spec.name}) decides on a clean validation split, but "
                                      f"data.val_fraction is 0; set data.val_fraction > 0 (e.g. 0.1)")
             hidden = self.model.options.get("hidden", [256]) if isinstance(self.model.options, dict) else None

@@ -79,8 +79,9 @@ __all__ = ["DEFENSES", "NEEDS_VALIDATION", "DefenseSpec", "apply_defense", "cert
 DEFENSES: dict[str, dict[str, Any]] = {
     "trim": {"epsilon": 0.05, "keep_fraction": None, "max_iters": 5},
     "sever": {"remove_fraction": 0.01, "rounds": 4},
-    "spectral-signatures": {"epsilon": 0.05, "removal_factor": 1.5},
+    "spectral-signatures": {"epsilon": 0.05, "removal_factor": 1.5, "rule": "budget", "false_removal_rate": 0.05},
     "activation-clustering": {"dims": 10, "reduce": "pca", "rule": "size", "size_threshold": 0.35,
+                              "validation_ratio": 0.5,
                               "silhouette_threshold": 0.10},
     # curve_max_r None: the sweep's largest poison count
     "certified": {"q": 0.1, "lam": 1.0, "curve_rows": 200, "curve_max_r": None},
@@ -116,7 +117,7 @@ def _is_int(v: Any) -> bool:
     return not isinstance(v, bool) and isinstance(v, int)
 
 
-def _check_param(where: str, key: str, v: Any) -> Any:
+def _check_param(where: str, key: str, v: Any, name: str = "") -> Any:
     """The value of one parameter, checked; a one-line error otherwise."""
     def need(ok: bool, what: str) -> None:
         if not ok:
@@ -159,8 +160,15 @@ def _check_param(where: str, key: str, v: Any) -> Any:
         need(v in ("pca", "ica"), "pca or ica" + did_you_mean(str(v), ["pca", "ica"]))
         return v
     if key == "rule":
-        need(v in ("size", "silhouette"), "size or silhouette" + did_you_mean(str(v), ["size", "silhouette"]))
+        rules = ["budget", "validation"] if name == "spectral-signatures" else ["size", "silhouette", "validation"]
+        need(v in rules, " or ".join(rules) + did_you_mean(str(v), rules))
         return v
+    if key == "false_removal_rate":
+        need(_is_num(v) and 0 <= float(v) < 1, "a number in [0, 1) (the share of clean validation rows removed)")
+        return float(v)
+    if key == "validation_ratio":
+        need(_is_num(v) and 0 < float(v) <= 1, "a number in (0, 1]")
+        return float(v)
     raise AssertionError(key)  # pragma: no cover - every key of DEFENSES is handled
 
 
@@ -197,7 +205,8 @@ def parse_defenses(raw: Any) -> list[DefenseSpec]:
                                  f"got {label!r}")
         if name == "trim" and "epsilon" in item and item.get("keep_fraction") is not None:
             raise PoisonlabError(f"{where}: give trim either epsilon or keep_fraction, not both")
-        params = {key: _check_param(where, key, item.get(key, default)) for key, default in DEFENSES[name].items()}
+        params = {key: _check_param(where, key, item.get(key, default), name)
+                  for key, default in DEFENSES[name].items()}
         specs.append(DefenseSpec(name, label, params))
     labels = [s.label for s in specs]
     for lab in labels:
@@ -213,10 +222,11 @@ def trim_keep_count(params: dict[str, Any], n: int) -> int:
 
 
 def apply_defense(d: DefenseSpec, spec: Any, pretrained: nn.Module | None, poisoned: Dataset,
-                  undefended: nn.Module, seed: int) -> tuple[np.ndarray, nn.Module]:
+                  undefended: nn.Module, seed: int, val: Dataset | None = None) -> tuple[np.ndarray, nn.Module]:
     """``(remove, model)``: the rows of ``poisoned`` (D ∪ D_p) the defense drops (boolean mask)
     and the task's learner retrained on the kept rows (``undefended`` itself when none is
-    dropped: the same fit on the same rows)."""
+    dropped: the same fit on the same rows). ``val`` (the clean validation split) is read by
+    the ``validation`` rules of Spectral Signatures and Activation Clustering only."""
     from ..defenses.activation_clustering import activation_clustering
     from ..defenses.filtering import representations
     from ..defenses.robust_training import (
@@ -241,11 +251,19 @@ def apply_defense(d: DefenseSpec, spec: Any, pretrained: nn.Module | None, poiso
         return sres.removed, sres.model
     reps = representations(undefended, poisoned.x, "auto")
     labels = poisoned.y.numpy()
+    val_reps = val_labels = None
+    if p.get("rule") == "validation":
+        if val is None or len(val) == 0:
+            raise PoisonlabError(f"defense '{d.label}' with rule 'validation' reads the clean validation split; "
+                                 f"set data.val_fraction > 0")
+        val_reps, val_labels = representations(undefended, val.x, "auto"), val.y.numpy()
     if d.name == "spectral-signatures":
-        remove = spectral_signatures(reps, labels, p["epsilon"], p["removal_factor"]).remove
+        remove = spectral_signatures(reps, labels, p["epsilon"], p["removal_factor"], p["rule"], val_reps, val_labels,
+                                     p["false_removal_rate"]).remove
     elif d.name == "activation-clustering":
         remove = activation_clustering(reps, labels, p["dims"], p["reduce"], p["rule"], p["size_threshold"],
-                                       p["silhouette_threshold"], seed=seed).remove
+                                       p["silhouette_threshold"], seed, val_reps, val_labels,
+                                       p["validation_ratio"]).remove
     else:  # pragma: no cover - parse_defenses rejects other names
         raise PoisonlabError(f"unknown defense {d.name!r}")
     if not remove.any():

@@ -60,7 +60,7 @@ class SweepInputs:
     alphas: list[float]
     seed: int
     defenses: list[DefenseSpec] = field(default_factory=list)  # run in every task after the undefended fit
-    val: Dataset | None = None   # the clean validation split carved from D (fine-pruning decides on it)
+    val: Dataset | None = None   # the clean validation split carved from D (fine-pruning and the validation rules decide on it)
     # per certified defense label: the smoothed classifier trained on clean D, on the test set (run_sweep fills it)
     smoothed_clean: dict[str, np.ndarray] = field(default_factory=dict)
 
@@ -104,7 +104,7 @@ def run_task(i: int, j: int) -> dict[str, Any]:
             pred_d = predictions(defended, s.test.x)
             extra = {"units_pruned": pruned}
         else:
-            remove, defended = apply_defense(d, s.spec, s.pretrained, poisoned, model, s.seed)
+            remove, defended = apply_defense(d, s.spec, s.pretrained, poisoned, model, s.seed, s.val)
             pred_d = predictions(defended, s.test.x)
         nan = float("nan")
         out.update({f"{d.label}:target": target_damage(s.clean_pred, pred_d, y, member),
