@@ -210,7 +210,7 @@ def test_tiny_run_writes_both_defenses(tmp_path, monkeypatch, one_thread):
     folder, m = sub_experiment.run_subpop_experiment(cfg)
     table = list(csv.DictReader((folder.path / "tables" / "defenses.csv").open()))
     assert [(r["defense"], r["alpha"]) for r in table] == [(d, a) for d in ("none", "certified", "fp") for a in ("1", "2")]
-    assert all(r["poisons removed"] == "nan" for r in table if r["defense"] != "none")
+    assert all(r["poisons removed"] == "–" for r in table if r["defense"] != "none")
     curve = list(csv.DictReader((folder.path / "tables" / "certified.csv").open()))
     most = max(r["n_poison"] for r in m["rows"])
     assert [int(r["flips r"]) for r in curve] == list(range(most + 1)) and m["certified"]["certified"]["max_r"] == most

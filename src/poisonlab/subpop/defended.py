@@ -367,12 +367,12 @@ def defense_summary(rows: list[dict[str, Any]], labels: list[str], k: int = 5) -
 
 
 def defense_rows(summary: list[dict[str, Any]]) -> list[dict[str, str]]:
-    """:func:`defense_summary` as table rows (``tables/defenses.md`` / ``.csv``)."""
-    def pct(v: float) -> str:
-        return "nan" if np.isnan(v) else f"{100 * v:.2f}%"
+    """:func:`defense_summary` as table rows (``tables/defenses.md`` / ``.csv``); a share that
+    does not apply (rows removed by a defense that removes none) reads ``–``."""
+    from ..report import pct
 
     return [{"defense": s["defense"], "alpha": f"{s['alpha']:g}",
              f"target damage (worst {s['k']} undefended)": f"{s['target_worst_k']:.3f}",
-             "collateral (all)": pct(s["collateral_all"]), "clean accuracy": pct(s["clean_accuracy"]),
-             "poisons removed": pct(s["poisons_removed"]), "clean rows removed": pct(s["clean_removed"])}
+             "collateral (all)": pct(float(s["collateral_all"])), "clean accuracy": pct(float(s["clean_accuracy"])),
+             "poisons removed": pct(float(s["poisons_removed"])), "clean rows removed": pct(float(s["clean_removed"]))}
             for s in summary]
