@@ -6,15 +6,17 @@ import pytest
 from poisonlab.attacks import build_attack
 from poisonlab.attacks.pruning_aware import pruning_aware_config
 from poisonlab.defend import check_defenses
-from poisonlab.config import load_config
+from poisonlab.config import ExperimentConfig, load_config
 from poisonlab.experiment import run_experiment
 from poisonlab.data import DATASETS
 from poisonlab.models import MODELS
-from poisonlab.subpop.config import load_subpop_config
+from poisonlab.matrix import load_grid
+from poisonlab.subpop.config import SubpopConfig, load_subpop_config
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted(p for p in (ROOT / "examples").glob("*.yaml") if not p.name.startswith(("subpop_", "matrix_")))
 SUBPOP_EXAMPLES = sorted((ROOT / "examples").glob("subpop_*.yaml"))
+MATRIX_EXAMPLES = sorted((ROOT / "examples").glob("matrix_*.yaml"))
 SHARED = ROOT.parent / "shared" / "data"
 
 
@@ -43,6 +45,21 @@ def test_subpop_example_config_is_valid(path):
 def test_there_are_subpop_examples():
     assert {"subpop_adult_featurematch_mlp.yaml", "subpop_adult_clustermatch_mlp.yaml", "subpop_imdb_clustermatch.yaml",
             "subpop_fashion_mnist_clustermatch.yaml"} <= {p.name for p in SUBPOP_EXAMPLES}
+
+
+@pytest.mark.parametrize("path", MATRIX_EXAMPLES, ids=lambda p: p.name)
+def test_matrix_example_grid_is_valid(path):
+    """A grid validates every cell's config (BadNets experiment or subpop) before anything runs."""
+    grid = load_grid(path, output_dir="/nonexistent-never-written")
+    assert len(grid.cells) == len(grid.attacks) * len(grid.seeds) > 0
+    for cell in grid.cells:
+        assert cell.config.model.name in MODELS and cell.config.data.name in DATASETS
+        assert isinstance(cell.config, SubpopConfig if grid.kind == "subpop" else ExperimentConfig)
+        assert cell.config.output.dir == "/nonexistent-never-written"
+
+
+def test_there_are_matrix_examples():
+    assert {"matrix_digits.yaml", "matrix_adult_subpop.yaml"} <= {p.name for p in MATRIX_EXAMPLES}
 
 
 @pytest.mark.skipif(not (SHARED / "mnist").is_dir(), reason="../shared/data/mnist not present (smoke run skipped)")

@@ -160,6 +160,6 @@ def test_cli_error_is_one_line_exit_2(tmp_path):
 def test_example_grid_is_valid():
     grid = load_grid(ROOT / "examples" / "matrix_digits.yaml", output_dir="/nonexistent-never-written")
     assert list(grid.attacks) == ["badnets-pattern", "badnets-single-pixel"]
-    assert grid.defenses == ["fine-pruning", "spectral-signatures"] and grid.seeds == [0, 1]
+    assert grid.defenses == ["fine-pruning", "spectral-signatures", "activation-clustering", "strip", "neural-cleanse"] and grid.seeds == [0, 1]
     assert len(grid.cells) == 4 and grid.cells[0].config.train.epochs == 10
     assert {c.config.output.dir for c in grid.cells} == {"/nonexistent-never-written"}

@@ -151,13 +151,7 @@ def run_subpop_experiment(cfg: SubpopConfig) -> tuple[RunFolder, dict[str, Any]]
         "peak_memory_mb": {"rss": peak_rss_mb()},
     }
     resolved = cfg.to_dict()
-    if not resolved["defenses"]:  # no defense: the same hash as before defenses existed
-        del resolved["defenses"]
-    hashed_data = {k: v for k, v in resolved["data"].items() if k != "dir"}
-    if not hashed_data["val_fraction"]:  # no validation split: the same hash as before it existed
-        del hashed_data["val_fraction"]
-    chash = config_hash({k: v for k, v in resolved.items() if k not in ("output", "workers")}
-                        | {"data": hashed_data})
+    chash = subpop_config_hash(cfg)
     with open_run(cfg.output.dir, cfg.name, chash) as folder:
         metrics["config_hash"] = chash
         _write(folder, cfg, resolved, metrics, rows, summary, clean)
@@ -176,6 +170,19 @@ def run_subpop_experiment(cfg: SubpopConfig) -> tuple[RunFolder, dict[str, Any]]
 def _mean(values: list[float]) -> float:
     v = [x for x in values if not np.isnan(x)]
     return float(np.mean(v)) if v else float("nan")
+
+
+def subpop_config_hash(cfg: SubpopConfig) -> str:
+    """The experiment hash a run of ``cfg`` records: the resolved config less ``output``,
+    ``workers`` (they never change a number) and ``data.dir``; an empty ``defenses`` list and a
+    zero ``data.val_fraction`` are left out, so runs made before those keys existed keep their hash."""
+    resolved = cfg.to_dict()
+    if not resolved["defenses"]:
+        del resolved["defenses"]
+    hashed_data = {k: v for k, v in resolved["data"].items() if k != "dir"}
+    if not hashed_data["val_fraction"]:
+        del hashed_data["val_fraction"]
+    return config_hash({k: v for k, v in resolved.items() if k not in ("output", "workers")} | {"data": hashed_data})
 
 
 def _row(sub: Subpopulation, a_member: np.ndarray, t_member: np.ndarray, r: dict[str, Any]) -> dict[str, Any]:

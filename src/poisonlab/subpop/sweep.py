@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 from torch import nn
 
 from .. import progress
@@ -136,6 +137,7 @@ def _with_references(inputs: SweepInputs) -> SweepInputs:
 
 def _init_worker() -> None:
     torch.set_num_threads(1)
+    threadpool_limits(1)  # numpy / scikit-learn BLAS too: one thread per task, workers share the cores
     progress.set_enabled(False)
 
 
@@ -158,9 +160,10 @@ def run_sweep(inputs: SweepInputs, workers: int = 1) -> list[dict[str, Any]]:
                 threads = torch.get_num_threads()
                 torch.set_num_threads(1)  # as in the workers: CPU sums can depend on the thread count
                 try:
-                    for i, j in tasks:
-                        results[(i, j)] = run_task(i, j)
-                        bar.advance(1)
+                    with threadpool_limits(1):
+                        for i, j in tasks:
+                            results[(i, j)] = run_task(i, j)
+                            bar.advance(1)
                 finally:
                     torch.set_num_threads(threads)
             else:
