@@ -414,3 +414,24 @@ def test_validation_rule_without_a_validation_split_is_a_one_line_error(tmp_path
                              "defenses=[{name: spectral-signatures, rule: validation}]"], device="cpu")
     with one_line_error("val_fraction > 0"):
         run_experiment(cfg)
+
+
+def test_a_filter_that_removes_nothing_does_not_retrain():
+    from poisonlab.defenses import DEFENSES, FilterContext
+
+    x, y, poison = blob_data()
+    data = Dataset(torch.from_numpy(x).float(), torch.from_numpy(y), ["a", "b"])
+    model = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    calls: list[int] = []
+
+    def retrain(ds: Dataset, name: str) -> torch.nn.Module:
+        calls.append(len(ds))
+        return model
+
+    ctx = FilterContext(data, torch.from_numpy(poison), retrain, 0)
+    spec = DEFENSES.get("activation-clustering")
+    out = spec.run(model, spec.from_config({"reduce": "pca", "size_threshold": 0.01}), ctx)  # flags nothing
+    assert calls == [] and out.extra["n_removed"] == 0 and out.extra["retrained"] is False
+    assert all(torch.equal(a, b) for a, b in zip(out.model.state_dict().values(), model.state_dict().values()))
+    out = spec.run(model, spec.from_config({"reduce": "pca", "size_threshold": 0.49}), ctx)
+    assert len(calls) == 1 and calls[0] == 600 - out.extra["n_removed"] and out.extra["retrained"] is True

@@ -117,11 +117,12 @@ def _filter(model: nn.Module, ctx: FilterContext, layer: str | None, batch_size:
         val_labels = ctx.val.y.numpy()
     result = decide(reprs, labels, val_reprs, val_labels)
     keep = torch.from_numpy(result.keep)
-    retrained = ctx.retrain(ctx.train.subset(keep.nonzero().flatten()), name)
+    # nothing removed: retraining on the same rows would give the same model (training is seeded)
+    retrained = ctx.retrain(ctx.train.subset(keep.nonzero().flatten()), name) if result.n_removed else model
     m = detection_metrics(result.remove, ctx.poison_mask.numpy(), labels, ctx.train.num_classes)
     per_class = {c: {k: v for k, v in info.items() if k != "direction"}  # drop the per-class singular vectors
                  for c, info in result.details.get("classes", {}).items()}
-    extra: dict[str, Any] = {"detection": m, "n_removed": result.n_removed,
+    extra: dict[str, Any] = {"detection": m, "n_removed": result.n_removed, "retrained": bool(result.n_removed),
                              "removed_share": result.n_removed / len(labels), "per_class": per_class}
     if ctx.target is not None:
         extra["target_class_clean_removed"] = m["clean_removed_share_per_class"][ctx.target]
