@@ -435,3 +435,50 @@ def test_a_filter_that_removes_nothing_does_not_retrain():
     assert all(torch.equal(a, b) for a, b in zip(out.model.state_dict().values(), model.state_dict().values()))
     out = spec.run(model, spec.from_config({"reduce": "pca", "size_threshold": 0.49}), ctx)
     assert len(calls) == 1 and calls[0] == 600 - out.extra["n_removed"] and out.extra["retrained"] is True
+
+
+def _linear_retrain(ds: Dataset, name: str) -> torch.nn.Module:
+    """A deterministic full-batch logistic regression (the victim of the exclusionary tests)."""
+    torch.manual_seed(0)
+    m = torch.nn.Linear(ds.x.shape[1], 2)
+    opt = torch.optim.Adam(m.parameters(), lr=0.1)
+    for _ in range(200):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(m(ds.x), ds.y).backward()
+        opt.step()
+    return m
+
+
+def test_exclusionary_reclassification_keeps_a_legitimate_cluster_and_drops_the_poison():
+    """Class 0: 270 rows at 0 and 30 poisons at (8, ..., 8) labelled 0 that look like class 1;
+    class 1: 270 rows at 8 and a legitimate small mode of 30 rows at 12. The size rule flags
+    both small clusters; retrained without each, the model calls the poisons 1 (poison) and
+    the far mode 1 (its own label: kept)."""
+    from poisonlab.defenses import DEFENSES, FilterContext
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(size=(270, 5)), rng.normal(size=(30, 5)) + 8.0,
+                        rng.normal(size=(270, 5)) + 8.0, rng.normal(size=(30, 5)) + 12.0])
+    y = np.r_[np.zeros(300, np.int64), np.ones(300, np.int64)]
+    poison = np.r_[np.zeros(270, bool), np.ones(30, bool), np.zeros(300, bool)]
+    data = Dataset(torch.from_numpy(x).float(), torch.from_numpy(y), ["a", "b"])
+    identity = torch.nn.Sequential(torch.nn.Identity(), torch.nn.Linear(5, 2))  # representations = the inputs
+    calls: list[int] = []
+
+    def retrain(ds: Dataset, name: str) -> torch.nn.Module:
+        calls.append(len(ds))
+        return _linear_retrain(ds, name)
+
+    ctx = FilterContext(data, torch.from_numpy(poison), retrain, 0)
+    spec = DEFENSES.get("activation-clustering")
+    plain = spec.run(identity, spec.from_config({"reduce": "pca"}), ctx)
+    assert plain.extra["n_removed"] == 60 and calls == [540]  # both small clusters, one final retraining
+    calls.clear()
+    out = spec.run(identity, spec.from_config({"reduce": "pca", "exclusionary": True}), ctx)
+    assert calls == [570, 570, 570]  # without class 0's cluster, without class 1's, then the final retraining
+    assert out.extra["detection"]["recall"] == 1.0 and out.extra["n_removed"] == 30
+    c0, c1 = out.extra["per_class"][0], out.extra["per_class"][1]
+    assert c0["exclusionary"]["poison"] and c0["exclusionary"]["own_label_share"] == 0.0 and c0["flagged"]
+    assert not c1["exclusionary"]["poison"] and c1["exclusionary"]["own_label_share"] == 1.0 and not c1["flagged"]
+    with one_line_error("defense.exclusionary_threshold must be >= 0"):
+        spec.from_config({"exclusionary": True, "exclusionary_threshold": -1})

@@ -26,7 +26,7 @@ from torch import nn
 
 from ..data.base import Dataset
 from ..errors import PoisonlabError
-from .activation_clustering import activation_clustering
+from .activation_clustering import activation_clustering, exclusionary_reclassification
 from .filtering import FilterResult, detection_metrics, representations
 from .pruning import DefenseOutcome, check_label
 from .spectral import spectral_signatures
@@ -86,6 +86,12 @@ class ActivationClusteringConfig:
     size_threshold: float = 0.35
     silhouette_threshold: float = 0.10
     validation_ratio: float = 0.5
+    exclusionary: bool = False
+    """Check every flagged cluster by exclusionary reclassification (Chen et al. 2018, Sec. 4.3):
+    retrain without it, classify it; a cluster the retrained model gives its own label (more
+    than ``exclusionary_threshold`` times the most frequent other class) is kept as legitimate.
+    Costs one retraining per flagged cluster."""
+    exclusionary_threshold: float = 1.0
     layer: str | None = "auto"
     batch_size: int = 1024
 
@@ -95,6 +101,9 @@ class ActivationClusteringConfig:
             raise PoisonlabError(f"defense.dims must be >= 1, got {self.dims}")
         if not 0 < self.size_threshold < 1:
             raise PoisonlabError(f"defense.size_threshold must be in (0, 1), got {self.size_threshold}")
+        if not self.exclusionary_threshold >= 0:
+            raise PoisonlabError(f"defense.exclusionary_threshold must be >= 0 (the own-label count must exceed this "
+                                 f"times the largest other-class count), got {self.exclusionary_threshold}")
         if not 0 < self.validation_ratio <= 1:
             raise PoisonlabError(f"defense.validation_ratio must be in (0, 1] (a cluster is flagged when its share of "
                                  f"validation rows is below this times its share of training rows), "
@@ -105,7 +114,7 @@ Decide = Callable[[np.ndarray, np.ndarray, "np.ndarray | None", "np.ndarray | No
 
 
 def _filter(model: nn.Module, ctx: FilterContext, layer: str | None, batch_size: int, decide: Decide, name: str,
-            needs_val: bool) -> DefenseOutcome:
+            needs_val: bool, check: Callable[[FilterResult, str], None] | None = None) -> DefenseOutcome:
     reprs = representations(model.eval(), ctx.train.x, layer, batch_size)
     labels = ctx.train.y.numpy()
     val_reprs = val_labels = None
@@ -116,6 +125,8 @@ def _filter(model: nn.Module, ctx: FilterContext, layer: str | None, batch_size:
         val_reprs = representations(model, ctx.val.x, layer, batch_size)
         val_labels = ctx.val.y.numpy()
     result = decide(reprs, labels, val_reprs, val_labels)
+    if check is not None:
+        check(result, name)
     keep = torch.from_numpy(result.keep)
     # nothing removed: retraining on the same rows would give the same model (training is seeded)
     retrained = ctx.retrain(ctx.train.subset(keep.nonzero().flatten()), name) if result.n_removed else model
@@ -141,8 +152,36 @@ def spectral_defense(model: nn.Module, cfg: SpectralConfig, ctx: FilterContext, 
 def activation_clustering_defense(model: nn.Module, cfg: ActivationClusteringConfig, ctx: FilterContext,
                                   seed: int = 0, device: torch.device | str = "cpu") -> DefenseOutcome:
     """Activation Clustering, then retraining on the kept rows; ``model`` is untouched."""
+    check = (lambda result, name: exclusionary_check(result, ctx, cfg.exclusionary_threshold, name, cfg.batch_size,
+                                                     device)) if cfg.exclusionary else None
     return _filter(copy.deepcopy(model), ctx, cfg.layer, cfg.batch_size,
                    lambda r, y, rv, yv: activation_clustering(r, y, cfg.dims, cfg.reduce, cfg.rule, cfg.size_threshold,
                                                               cfg.silhouette_threshold, seed, rv, yv,
                                                               cfg.validation_ratio),
-                   cfg.label or cfg.name, cfg.rule == "validation")
+                   cfg.label or cfg.name, cfg.rule == "validation", check)
+
+
+def exclusionary_check(result: FilterResult, ctx: FilterContext, threshold: float, name: str, batch_size: int = 1024,
+                       device: torch.device | str = "cpu") -> None:
+    """Exclusionary reclassification of every flagged cluster (Chen et al. 2018, Sec. 4.3), in place:
+    the victim is retrained without the cluster's rows and classifies them; a cluster given
+    its own label (:func:`~poisonlab.defenses.activation_clustering.exclusionary_reclassification`)
+    is legitimate and its rows are kept. Records, per checked class, ``exclusionary``:
+    ``{"poison": bool, "own_label_share": float}``."""
+    from ..train import predict
+
+    classes = result.details.get("classes", {})
+    for c, info in classes.items():
+        if not info.get("flagged"):
+            continue
+        rows = np.flatnonzero(result.remove & (ctx.train.y.numpy() == c))
+        kept = np.setdiff1d(np.arange(len(result.remove)), rows)
+        without = ctx.retrain(ctx.train.subset(torch.from_numpy(kept)), f"{name} without class {c}'s cluster")
+        pred = predict(without, ctx.train.x[torch.from_numpy(rows)], batch_size, device,
+                       desc=f"{name}: reclassify class {c}'s cluster").numpy()
+        poison, share = exclusionary_reclassification(pred, int(c), threshold)
+        info["exclusionary"] = {"poison": bool(poison), "own_label_share": share}
+        if not poison:
+            result.remove[rows] = False
+            result.scores[rows] = 0.0
+            info["flagged"] = False
