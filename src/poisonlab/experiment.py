@@ -219,6 +219,7 @@ def run_experiment(cfg: ExperimentConfig, quiet: bool = False) -> RunOutcome:
         metrics: dict[str, Any] = {
             "name": cfg.name, "version": __version__, "seed": cfg.seed, "device": str(device),
             "config_hash": chash, "platform": platform.platform(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(),  # CPU sums (so the last digits) can depend on it
             "data": {"name": cfg.data.name, "train": len(train), "validation": len(val) if val else 0,
                      "student_train": len(task.student_train) if task else None,
                      "test": len(test), "classes": test.num_classes, "shape": list(test.x.shape[1:])},
