@@ -206,7 +206,9 @@ def subpop(
     """Subpopulation poisoning sweep (Jagielski et al. 2021): target damage and collateral.
 
     Finds subpopulations (FeatureMatch or ClusterMatch), poisons each by label flipping at
-    every alpha, retrains the victim and measures against the clean model."""
+    every alpha, retrains the victim and measures against the clean model. A defenses: list
+    (trim, sever, spectral-signatures, activation-clustering, certified, fine-pruning) runs
+    in every task (see examples/subpop_adult_defenses.yaml)."""
     from . import progress, report
     from .subpop.config import load_subpop_config
     from .subpop.experiment import fairness_rows, run_subpop_experiment, summary_rows

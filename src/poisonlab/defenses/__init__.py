@@ -83,10 +83,10 @@ for _spec in (
                 FinePruningConfig, fine_tune_defense),
     DefenseSpec("fine-pruning", "prune dormant channels, then fine-tune (Liu et al. 2018, 3.3)",
                 FinePruningConfig, fine_prune),
-    DefenseSpec("spectral-signatures", "remove rows with outlying spectral scores per class, retrain "
-                "(Tran, Li, Madry 2018)", SpectralConfig, spectral_defense, kind="filter"),
-    DefenseSpec("activation-clustering", "2-means per class on penultimate activations, remove the small "
-                "cluster, retrain (Chen et al. 2018)", ActivationClusteringConfig, activation_clustering_defense,
+    DefenseSpec("spectral-signatures", "remove rows with outlying spectral scores per class (budget 1.5 eps "
+                "or validation threshold), retrain (Tran, Li, Madry 2018)", SpectralConfig, spectral_defense, kind="filter"),
+    DefenseSpec("activation-clustering", "2-means per class on penultimate activations, remove the cluster "
+                "flagged by size, silhouette or the validation rule, retrain (Chen et al. 2018)", ActivationClusteringConfig, activation_clustering_defense,
                 kind="filter"),
     DefenseSpec("strip", "reject test inputs whose predictions stay confident under blending with clean images; "
                 "threshold = frr-quantile on clean validation inputs (Gao et al. 2019)", StripConfig, strip_defense,
