@@ -293,13 +293,7 @@ def _cell_config(name: str, base: dict[str, Any], label: str, attack: dict[str, 
     raw = copy.deepcopy(base)
     raw.update(name=f"{name}-{label}", seed=seed, attack=copy.deepcopy(attack), defenses=copy.deepcopy(defenses),
                output=dataclasses.asdict(output))
-    try:
-        cfg = from_dict(ExperimentConfig, raw)
-        cfg.validate()
-        DATASETS.get(cfg.data.name)
-        MODELS.get(cfg.model.name)
-    except PoisonlabError as exc:
-        raise PoisonlabError(f"base: {exc}") from None
+    cfg = _validated_base(ExperimentConfig, raw)
     if defenses and cfg.data.val_fraction <= 0:
         raise PoisonlabError("base: defenses decide on a clean validation split; set data.val_fraction > 0")
     return cfg
@@ -311,8 +305,13 @@ def _subpop_cell_config(name: str, base: dict[str, Any], label: str, attack: dic
     raw.update(copy.deepcopy(attack))
     raw.update(name=f"{name}-{label}", seed=seed, workers=workers, defenses=copy.deepcopy(defenses),
                output=dataclasses.asdict(output))
-    try:  # attack entries and defenses were checked on their own: what fails here is the base
-        cfg = from_dict(SubpopConfig, raw)
+    return _validated_base(SubpopConfig, raw)  # attack entries and defenses were checked on their own
+
+
+def _validated_base(cls: type, raw: dict[str, Any]) -> Any:
+    """``raw`` as a validated ``cls`` config whose data set and model exist; errors name the base."""
+    try:
+        cfg = from_dict(cls, raw)
         cfg.validate()
         DATASETS.get(cfg.data.name)
         MODELS.get(cfg.model.name)
