@@ -60,7 +60,7 @@ def test_failed_run_leaves_nothing(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(ex, "_write_outputs", boom)
+    monkeypatch.setattr(ex, "write_outputs", boom)
     with pytest.raises(RuntimeError):
         run_experiment(load_config(None, ["train.epochs=1", f"output.dir={tmp_path}",
                                           "attack={name: badnets, p: 0.1}"], device="cpu"))

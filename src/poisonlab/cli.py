@@ -73,7 +73,7 @@ def run(
         progress.set_enabled(False)
     outcome = run_experiment(cfg)
     m = outcome.metrics
-    from .experiment import summary_table
+    from .run_outputs import summary_table
 
     report.print_table(summary_table(m), f"{cfg.name}: summary")
     report.print_table(outcome.table, f"{cfg.name}: per-class error (seed table)")
