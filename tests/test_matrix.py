@@ -132,10 +132,16 @@ def _broken(out: Path, edit) -> dict:
     (lambda g: g["attacks"]["pattern"].update(p="x"), "attacks.pattern: "),
 ])
 def test_errors_are_one_line_and_come_before_any_training(tmp_path, monkeypatch, edit, expected):
-    monkeypatch.setattr(matrix_mod, "run_experiment", lambda *a, **k: pytest.fail("nothing may run"))
+    assert_fails_before_running(tmp_path, monkeypatch, "run_experiment", lambda out: _broken(out, edit), expected)
+
+
+def assert_fails_before_running(tmp_path: Path, monkeypatch, runner: str, make_grid, expected: str) -> None:
+    """The grid ``make_grid(runs folder)`` fails to load or run with a one-line error holding
+    ``expected``; ``matrix.<runner>`` is never called and no runs folder is written."""
+    monkeypatch.setattr(matrix_mod, runner, lambda *a, **k: pytest.fail("nothing may run"))
     out = tmp_path / "runs"
     path = tmp_path / "grid.yaml"
-    path.write_text(yaml.safe_dump(_broken(out, edit)))
+    path.write_text(yaml.safe_dump(make_grid(out)))
     with pytest.raises(PoisonlabError) as info:
         run_matrix(load_grid(path))
     assert expected in str(info.value) and "\n" not in str(info.value)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from test_matrix import tiny_grid
+from test_matrix import assert_fails_before_running, tiny_grid
 from test_subpop_experiment import SPLIT
 
 import poisonlab.subpop.experiment as sub_experiment
@@ -208,14 +208,8 @@ def _broken(out: Path, edit) -> dict:
     (lambda g: g.update(seeds=[1, 1]), "seeds lists 1 more than once"),
 ])
 def test_errors_are_one_line_and_come_before_any_training(tmp_path, monkeypatch, edit, expected):
-    monkeypatch.setattr(matrix_mod, "run_subpop_experiment", lambda *a, **k: pytest.fail("nothing may run"))
-    out = tmp_path / "runs"
-    path = tmp_path / "grid.yaml"
-    path.write_text(yaml.safe_dump(_broken(out, edit)))
-    with pytest.raises(PoisonlabError) as info:
-        run_matrix(load_grid(path))
-    assert expected in str(info.value) and "\n" not in str(info.value)
-    assert not out.exists()
+    assert_fails_before_running(tmp_path, monkeypatch, "run_subpop_experiment", lambda out: _broken(out, edit),
+                                expected)
 
 
 def test_badnets_grids_are_unaffected(tmp_path):
