@@ -53,7 +53,8 @@ A(D) as the undefended numbers, so a table reads how far the defense lowers the 
 what it costs.
 
 **Thresholds are fixed parameters** (the config's values or the defaults below): no test
-row is read to choose them; fine-pruning's stop reads the validation split only. Every
+row is read to choose them; fine-pruning's stop and the ``validation`` rules of Spectral
+Signatures and Activation Clustering read the clean validation split only. Every
 defense is deterministic given the task's seed, so a parallel sweep still equals the serial one.
 """
 from __future__ import annotations
