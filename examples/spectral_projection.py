@@ -56,4 +56,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from poisonlab.errors import PoisonlabError
+
+    try:
+        main()
+    except PoisonlabError as exc:
+        raise SystemExit(f"error: {exc}") from None
