@@ -42,7 +42,6 @@ Design decisions (also stated in the parameter docs of each class):
 from __future__ import annotations
 
 import math
-import numbers
 import os
 from dataclasses import dataclass, fields
 from functools import lru_cache
@@ -53,6 +52,7 @@ import torch
 import torch.nn.functional as F
 
 from . import icons
+from .checks import is_number, is_whole
 from .errors import PoisonlabError, did_you_mean
 from .registry import Registry
 
@@ -125,14 +125,6 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(float(v))
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
 def _as_list(v: Any) -> Any:
     """numpy arrays and tensors -> nested lists; anything else unchanged."""
     return v.tolist() if hasattr(v, "tolist") and not isinstance(v, (str, bytes)) else v
@@ -140,7 +132,7 @@ def _as_list(v: Any) -> Any:
 
 def _unit(kind: str, name: str, v: Any, *, open_low: bool = False) -> float:
     """A number in [0, 1] (or (0, 1] with ``open_low``)."""
-    if not _is_number(v) or not (0 < float(v) <= 1 if open_low else 0 <= float(v) <= 1):
+    if not is_number(v) or not (0 < float(v) <= 1 if open_low else 0 <= float(v) <= 1):
         _fail(kind, f"`{name}` must be a number in {'(0, 1]' if open_low else '[0, 1]'}, got {_short(v)}")
     return float(v)
 
@@ -148,32 +140,32 @@ def _unit(kind: str, name: str, v: Any, *, open_low: bool = False) -> float:
 def _color(kind: str, name: str, v: Any) -> Color:
     """A number in [0, 1] or a non-empty list of them (per channel, or RGB)."""
     v = _as_list(v)
-    if _is_number(v):
+    if is_number(v):
         return _unit(kind, name, v)
-    if isinstance(v, (list, tuple)) and v and all(_is_number(c) for c in v):
+    if isinstance(v, (list, tuple)) and v and all(is_number(c) for c in v):
         return tuple(_unit(kind, name, c) for c in v)
     _fail(kind, f"`{name}` must be a number in [0, 1] or a list of per-channel numbers in [0, 1] "
                 f"(e.g. [1, 1, 0] for yellow), got {_short(v)}")
 
 
 def _size_part(v: Any) -> bool:
-    return (_is_int(v) and int(v) >= 1) or (_is_number(v) and not _is_int(v) and 0 < float(v) <= 1)
+    return (is_whole(v) and int(v) >= 1) or (is_number(v) and not is_whole(v) and 0 < float(v) <= 1)
 
 
 def _size(kind: str, v: Any) -> Size:
     """Pixels (int >= 1), a fraction of the side (float in (0, 1]), or [height, width] of those."""
     v = _as_list(v)
     if _size_part(v):
-        return int(v) if _is_int(v) else float(v)
+        return int(v) if is_whole(v) else float(v)
     if isinstance(v, (list, tuple)) and len(v) == 2 and all(_size_part(p) for p in v):
-        return tuple(int(p) if _is_int(p) else float(p) for p in v)  # type: ignore[return-value]
+        return tuple(int(p) if is_whole(p) else float(p) for p in v)  # type: ignore[return-value]
     _fail(kind, f"`size` must be whole pixels >= 1 (e.g. 3), a fraction of the image side in (0, 1] "
                 f"(e.g. 0.1), or [height, width] of those; got {_short(v)}")
 
 
 def _check_shape(shape: Any) -> Shape:
     if not (isinstance(shape, (tuple, list, torch.Size)) and len(shape) == 3
-            and all(_is_int(s) and int(s) >= 1 for s in shape)):
+            and all(is_whole(s) and int(s) >= 1 for s in shape)):
         raise PoisonlabError(f"trigger image shape must be (channels, height, width) of positive whole "
                              f"numbers, got {_short(shape)}")
     return int(shape[0]), int(shape[1]), int(shape[2])
@@ -348,7 +340,7 @@ class _Placed:
             _fail(self.kind, f"unknown corner {_short(self.corner)}"
                              f"{did_you_mean(self.corner, CORNERS) if isinstance(self.corner, str) else ''}; "
                              f"use one of {', '.join(CORNERS)}")
-        if self.margin is not None and not (_is_int(self.margin) and int(self.margin) >= 0):
+        if self.margin is not None and not (is_whole(self.margin) and int(self.margin) >= 0):
             _fail(self.kind, f"`margin` must be a whole number of pixels >= 0, got {_short(self.margin)}")
         self._check_position()
         self._check_center()
@@ -357,7 +349,7 @@ class _Placed:
         if self.position is None:
             return
         p = _as_list(self.position)
-        if not (isinstance(p, (list, tuple)) and len(p) == 2 and all(_is_int(v) and int(v) >= 0 for v in p)):
+        if not (isinstance(p, (list, tuple)) and len(p) == 2 and all(is_whole(v) and int(v) >= 0 for v in p)):
             _fail(self.kind, f"`position` must be [row, col] of whole numbers >= 0 (the trigger's "
                              f"top-left pixel), got {_short(self.position)}")
         self._set("position", (int(p[0]), int(p[1])))
@@ -366,7 +358,7 @@ class _Placed:
         if self.center is None:
             return
         c = _as_list(self.center)
-        if not (isinstance(c, (list, tuple)) and len(c) == 2 and all(_is_number(v) and 0 <= v <= 1 for v in c)):
+        if not (isinstance(c, (list, tuple)) and len(c) == 2 and all(is_number(v) and 0 <= v <= 1 for v in c)):
             _fail(self.kind, f"`center` must be [rel_row, rel_col] with numbers in [0, 1] (fractions of "
                              f"the image height and width), got {_short(self.center)}")
         self._set("center", (float(c[0]), float(c[1])))
@@ -513,7 +505,7 @@ class PatternTrigger(_Local):
     def _valid_pattern(self, p: Any) -> tuple[tuple[float | None, ...], ...]:
         ok = (isinstance(p, (list, tuple)) and p and all(isinstance(r, (list, tuple)) and r for r in p)
               and len({len(r) for r in p}) == 1
-              and all(c is None or (_is_number(c) and 0 <= c <= 1) for r in p for c in r)
+              and all(c is None or (is_number(c) and 0 <= c <= 1) for r in p for c in r)
               and any(c is not None for r in p for c in r))
         if not ok:
             _fail(self.kind, f"`pattern` must be a rectangular 2-D list of numbers in [0, 1] (null = leave "
@@ -662,7 +654,7 @@ class BlendTrigger:
         key = None if self.key == "noise" else self.key
         object.__setattr__(self, "path", _check_source(self.kind, key, "key", self.path, need_one=False))
         object.__setattr__(self, "alpha", _unit(self.kind, "alpha", self.alpha, open_low=True))
-        if not (_is_int(self.seed) and int(self.seed) >= 0):
+        if not (is_whole(self.seed) and int(self.seed) >= 0):
             _fail(self.kind, f"`seed` must be a whole number >= 0, got {_short(self.seed)}")
         object.__setattr__(self, "seed", int(self.seed))
 

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from ..checks import is_number
 from ..errors import PoisonlabError, did_you_mean
 from .filtering import FilterResult, check_representations
 
@@ -47,10 +48,6 @@ REDUCTIONS = ("ica", "pca")
 RULES = ("size", "silhouette", "validation")
 MIN_VALIDATION_ROWS = 10
 SILHOUETTE_MAX_ROWS = 10_000  # larger classes: silhouette on a seeded sample of this many rows
-
-
-def _is_number(v: Any) -> bool:
-    return not isinstance(v, bool) and isinstance(v, (int, float, np.number)) and math.isfinite(float(v))
 
 
 def _reduce(centred: np.ndarray, d: int, how: str, seed: int) -> tuple[np.ndarray, Any, list[str]]:
@@ -127,9 +124,9 @@ def activation_clustering(reprs: np.ndarray, labels: np.ndarray, dims: int = 10,
                              f"choose one of {', '.join(REDUCTIONS)}")
     if rule not in RULES:
         raise PoisonlabError(f"unknown rule {rule!r}{did_you_mean(str(rule), RULES)}; choose one of {', '.join(RULES)}")
-    if not _is_number(size_threshold) or not 0 < float(size_threshold) < 1:
+    if not is_number(size_threshold) or not 0 < float(size_threshold) < 1:
         raise PoisonlabError(f"size_threshold must be in (0, 1), got {size_threshold!r}")
-    if not _is_number(silhouette_threshold) or not -1 <= float(silhouette_threshold) <= 1:
+    if not is_number(silhouette_threshold) or not -1 <= float(silhouette_threshold) <= 1:
         raise PoisonlabError(f"silhouette_threshold must be in [-1, 1], got {silhouette_threshold!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2 ** 32:
         raise PoisonlabError(f"seed must be an integer in [0, 2**32), got {seed!r}")
@@ -138,7 +135,7 @@ def activation_clustering(reprs: np.ndarray, labels: np.ndarray, dims: int = 10,
         if val_reprs is None or val_labels is None:
             raise PoisonlabError("rule 'validation' needs the clean validation rows' representations and labels "
                                  "(val_reprs, val_labels); set data.val_fraction > 0")
-        if not _is_number(validation_ratio) or not 0 < float(validation_ratio) <= 1:
+        if not is_number(validation_ratio) or not 0 < float(validation_ratio) <= 1:
             raise PoisonlabError(f"validation_ratio must be in (0, 1], got {validation_ratio!r}")
         xv, yv = check_representations(val_reprs, val_labels)
     x, y = check_representations(reprs, labels)
@@ -227,7 +224,7 @@ def exclusionary_reclassification(flagged_cluster_pred: np.ndarray, cluster_labe
         raise PoisonlabError("flagged_cluster_pred is empty: the cluster has no rows to reclassify")
     if isinstance(cluster_label, bool) or not isinstance(cluster_label, (int, np.integer)):
         raise PoisonlabError(f"cluster_label must be a class index, got {cluster_label!r}")
-    if not _is_number(threshold) or float(threshold) < 0:
+    if not is_number(threshold) or float(threshold) < 0:
         raise PoisonlabError(f"threshold must be a non-negative number, got {threshold!r}")
     own = pred == cluster_label
     l_count = int(own.sum())

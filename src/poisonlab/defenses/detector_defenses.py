@@ -23,7 +23,6 @@ defense never reads the attack's labels or the test data.
 from __future__ import annotations
 
 import copy
-import numbers
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -32,6 +31,7 @@ import torch
 from torch import nn
 
 from ..attacks.base import AttackTestSet
+from ..checks import is_number, is_whole
 from ..data.base import Dataset, as_image_batch
 from ..errors import PoisonlabError
 from ..train import TrainConfig, train_model
@@ -44,14 +44,6 @@ __all__ = ["NeuralCleanseConfig", "RejectingClassifier", "StripConfig", "StripGu
 
 _SPLIT_TAG = 0x57D1  # STRIP's pool / threshold split of the validation rows
 _NC_TAG = 0x4ECD  # Neural Cleanse's choice of validation images and of the rows to stamp
-
-
-def _whole(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _check(ok: bool, message: str) -> None:
@@ -77,17 +69,17 @@ class StripConfig:
 
     def validate(self) -> None:
         check_label(self.label)
-        _check(_number(self.frr) and 0 < self.frr < 1,
+        _check(is_number(self.frr) and 0 < self.frr < 1,
                f"defense.frr must be in (0, 1) (the share of clean validation inputs rejected), got {self.frr!r}")
-        _check(_whole(self.n_overlays) and self.n_overlays >= 1,
+        _check(is_whole(self.n_overlays) and self.n_overlays >= 1,
                f"defense.n_overlays must be a whole number >= 1 (clean images blended per input), "
                f"got {self.n_overlays!r}")
-        _check(_number(self.alpha) and 0 < self.alpha < 1,
+        _check(is_number(self.alpha) and 0 < self.alpha < 1,
                f"defense.alpha must be in (0, 1) (the overlay's weight; 0.5 is the paper's), got {self.alpha!r}")
-        _check(_number(self.pool_share) and 0 < self.pool_share < 1,
+        _check(is_number(self.pool_share) and 0 < self.pool_share < 1,
                f"defense.pool_share must be in (0, 1) (the share of validation images used as overlays), "
                f"got {self.pool_share!r}")
-        _check(_whole(self.batch_size) and self.batch_size >= 1,
+        _check(is_whole(self.batch_size) and self.batch_size >= 1,
                f"defense.batch_size must be a whole number >= 1, got {self.batch_size!r}")
 
 
@@ -197,33 +189,33 @@ class NeuralCleanseConfig:
 
     def validate(self) -> None:
         check_label(self.label)
-        _check(_whole(self.steps) and self.steps >= 1,
+        _check(is_whole(self.steps) and self.steps >= 1,
                f"defense.steps must be a whole number >= 1 (optimisation steps per label), got {self.steps!r}")
-        _check(_number(self.lr) and self.lr > 0, f"defense.lr must be > 0, got {self.lr!r}")
-        _check(_number(self.lam) and self.lam >= 0,
+        _check(is_number(self.lr) and self.lr > 0, f"defense.lr must be > 0, got {self.lr!r}")
+        _check(is_number(self.lam) and self.lam >= 0,
                f"defense.lam must be >= 0 (the weight of the mask's L1 norm), got {self.lam!r}")
-        _check(_number(self.threshold) and self.threshold > 0,
+        _check(is_number(self.threshold) and self.threshold > 0,
                f"defense.threshold must be > 0 (the anomaly index above which a label is flagged; the paper's "
                f"is 2), got {self.threshold!r}")
-        _check(_whole(self.batch_size) and self.batch_size >= 1,
+        _check(is_whole(self.batch_size) and self.batch_size >= 1,
                f"defense.batch_size must be a whole number >= 1, got {self.batch_size!r}")
-        _check(self.max_images is None or (_whole(self.max_images) and self.max_images >= 1),
+        _check(self.max_images is None or (is_whole(self.max_images) and self.max_images >= 1),
                f"defense.max_images must be a whole number >= 1 or null (all validation images), "
                f"got {self.max_images!r}")
         _check(self.mitigate in ("unlearning", "none"),
                f"defense.mitigate must be 'unlearning' or 'none', got {self.mitigate!r}")
-        _check(_number(self.unlearn_share) and 0 < self.unlearn_share < 1,
+        _check(is_number(self.unlearn_share) and 0 < self.unlearn_share < 1,
                f"defense.unlearn_share must be in (0, 1) (the share of validation images stamped with the "
                f"reversed trigger; the paper's is 0.2), got {self.unlearn_share!r}")
-        _check(_whole(self.unlearn_epochs) and self.unlearn_epochs >= 1,
+        _check(is_whole(self.unlearn_epochs) and self.unlearn_epochs >= 1,
                f"defense.unlearn_epochs must be a whole number >= 1, got {self.unlearn_epochs!r}")
-        _check(_number(self.unlearn_lr) and self.unlearn_lr > 0,
+        _check(is_number(self.unlearn_lr) and self.unlearn_lr > 0,
                f"defense.unlearn_lr must be > 0, got {self.unlearn_lr!r}")
-        _check(_number(self.unlearn_momentum) and 0 <= self.unlearn_momentum < 1,
+        _check(is_number(self.unlearn_momentum) and 0 <= self.unlearn_momentum < 1,
                f"defense.unlearn_momentum must be in [0, 1), got {self.unlearn_momentum!r}")
-        _check(_whole(self.unlearn_batch_size) and self.unlearn_batch_size >= 1,
+        _check(is_whole(self.unlearn_batch_size) and self.unlearn_batch_size >= 1,
                f"defense.unlearn_batch_size must be a whole number >= 1, got {self.unlearn_batch_size!r}")
-        _check(_whole(self.eval_batch_size) and self.eval_batch_size >= 1,
+        _check(is_whole(self.eval_batch_size) and self.eval_batch_size >= 1,
                f"defense.eval_batch_size must be a whole number >= 1, got {self.eval_batch_size!r}")
 
     def unlearn_config(self) -> TrainConfig:

@@ -40,6 +40,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..checks import is_whole
 from ..data.base import Dataset
 from ..errors import PoisonlabError
 from ..train import predict_logits
@@ -62,12 +63,8 @@ LossFn = Callable[[nn.Module], np.ndarray]
 GradFn = Callable[[nn.Module, np.ndarray], np.ndarray]
 
 
-def _is_int(v: object) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
 def _check_rows(n_rows: object) -> int:
-    if not _is_int(n_rows) or int(n_rows) < 1:  # type: ignore[arg-type]
+    if not is_whole(n_rows) or int(n_rows) < 1:  # type: ignore[arg-type]
         raise PoisonlabError(f"n_rows must be an integer >= 1, got {n_rows!r}")
     return int(n_rows)  # type: ignore[arg-type]
 
@@ -129,9 +126,9 @@ def trim(fit: FitFn, losses: LossFn, n_rows: int, keep: int, max_iters: int = 10
     the kept set is unchanged or ``max_iters`` rounds have run.
     """
     n = _check_rows(n_rows)
-    if not _is_int(keep) or not 1 <= int(keep) <= n:
+    if not is_whole(keep) or not 1 <= int(keep) <= n:
         raise PoisonlabError(f"keep must be an integer in 1..{n} (rows to keep), got {keep!r}")
-    if not _is_int(max_iters) or int(max_iters) < 1:
+    if not is_whole(max_iters) or int(max_iters) < 1:
         raise PoisonlabError(f"max_iters must be an integer >= 1, got {max_iters!r}")
     k = int(keep)
     current = np.arange(n, dtype=np.int64)
@@ -166,7 +163,7 @@ def per_row_cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor | n
     yt = torch.as_tensor(y).to(torch.int64).reshape(-1)
     if len(yt) != len(x):
         raise PoisonlabError(f"x has {len(x)} rows but y has {len(yt)}")
-    if not _is_int(batch_size) or batch_size < 1:
+    if not is_whole(batch_size) or batch_size < 1:
         raise PoisonlabError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     if len(x) == 0:
         return np.zeros(0)
@@ -202,7 +199,7 @@ class SeverResult:
 
 def _removal_count(per_round: float, m: int) -> int:
     """Rows to remove from ``m`` kept rows: a count, or ``round(share * m)`` half up; at most ``m - 1``."""
-    k = int(per_round) if _is_int(per_round) else math.floor(float(per_round) * m + 0.5 + 1e-9)
+    k = int(per_round) if is_whole(per_round) else math.floor(float(per_round) * m + 0.5 + 1e-9)
     return max(0, min(k, m - 1))
 
 
@@ -217,9 +214,9 @@ def sever(fit: FitFn, gradients: GradFn, n_rows: int, remove_per_round: float | 
     least one row is always kept.
     """
     n = _check_rows(n_rows)
-    if not _is_int(rounds) or int(rounds) < 1:
+    if not is_whole(rounds) or int(rounds) < 1:
         raise PoisonlabError(f"rounds must be an integer >= 1, got {rounds!r}")
-    if _is_int(remove_per_round):
+    if is_whole(remove_per_round):
         if int(remove_per_round) < 1:  # type: ignore[arg-type]
             raise PoisonlabError(f"remove_per_round as a count must be >= 1, got {remove_per_round!r}")
         if int(remove_per_round) * int(rounds) >= n:  # type: ignore[arg-type]
@@ -283,7 +280,7 @@ def last_layer_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor | np
     yt = torch.as_tensor(y).to(torch.int64).reshape(-1)
     if len(yt) != len(x):
         raise PoisonlabError(f"x has {len(x)} rows but y has {len(yt)}")
-    if not _is_int(batch_size) or batch_size < 1:
+    if not is_whole(batch_size) or batch_size < 1:
         raise PoisonlabError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     layer = last_linear(model)
     width = layer.out_features * layer.in_features + (layer.out_features if layer.bias is not None else 0)

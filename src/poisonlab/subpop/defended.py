@@ -67,6 +67,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..checks import is_number, is_whole
 from ..data.base import Dataset
 from ..errors import PoisonlabError, did_you_mean
 
@@ -110,14 +111,6 @@ class DefenseSpec:
         return {"name": self.name, "label": self.label, **params}
 
 
-def _is_num(v: Any) -> bool:
-    return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(float(v))
-
-
-def _is_int(v: Any) -> bool:
-    return not isinstance(v, bool) and isinstance(v, int)
-
-
 def _check_param(where: str, key: str, v: Any, name: str = "") -> Any:
     """The value of one parameter, checked; a one-line error otherwise."""
     def need(ok: bool, what: str) -> None:
@@ -125,37 +118,37 @@ def _check_param(where: str, key: str, v: Any, name: str = "") -> Any:
             raise PoisonlabError(f"{where}.{key} must be {what}, got {v!r}")
 
     if key in ("epsilon", "remove_fraction"):
-        need(_is_num(v) and 0 < float(v) < 1, "a number in (0, 1)")
+        need(is_number(v) and 0 < float(v) < 1, "a number in (0, 1)")
         return float(v)
     if key == "keep_fraction":
-        need(v is None or (_is_num(v) and 0 < float(v) <= 1), "a number in (0, 1] or null")
+        need(v is None or (is_number(v) and 0 < float(v) <= 1), "a number in (0, 1] or null")
         return None if v is None else float(v)
     if key in ("max_iters", "rounds", "dims", "curve_rows"):
-        need(_is_int(v) and v >= 1, "an integer >= 1")
+        need(is_whole(v) and v >= 1, "an integer >= 1")
         return int(v)
     if key == "q":
-        need(_is_num(v) and 0 < float(v) < 0.5, "a label-noise rate in (0, 0.5)")
+        need(is_number(v) and 0 < float(v) < 0.5, "a label-noise rate in (0, 0.5)")
         return float(v)
     if key in ("lam", "fine_tune_lr"):
-        need(_is_num(v) and float(v) > 0, "a number > 0")
+        need(is_number(v) and float(v) > 0, "a number > 0")
         return float(v)
     if key == "curve_max_r":
-        need(v is None or (_is_int(v) and v >= 0), "an integer >= 0 or null (the sweep's largest poison count)")
+        need(v is None or (is_whole(v) and v >= 0), "an integer >= 0 or null (the sweep's largest poison count)")
         return None if v is None else int(v)
     if key == "max_drop":
-        need(_is_num(v) and 0 <= float(v) < 1, "in [0, 1) (a drop in validation accuracy, 0.04 = 4 points)")
+        need(is_number(v) and 0 <= float(v) < 1, "in [0, 1) (a drop in validation accuracy, 0.04 = 4 points)")
         return float(v)
     if key == "fine_tune_epochs":
-        need(_is_int(v) and v >= 0, "an integer >= 0 (0: prune only)")
+        need(is_whole(v) and v >= 0, "an integer >= 0 (0: prune only)")
         return int(v)
     if key == "removal_factor":
-        need(_is_num(v) and float(v) > 0, "a number > 0")
+        need(is_number(v) and float(v) > 0, "a number > 0")
         return float(v)
     if key == "size_threshold":
-        need(_is_num(v) and 0 < float(v) < 1, "a number in (0, 1)")
+        need(is_number(v) and 0 < float(v) < 1, "a number in (0, 1)")
         return float(v)
     if key == "silhouette_threshold":
-        need(_is_num(v) and -1 <= float(v) <= 1, "a number in [-1, 1]")
+        need(is_number(v) and -1 <= float(v) <= 1, "a number in [-1, 1]")
         return float(v)
     if key == "reduce":
         need(v in ("pca", "ica"), "pca or ica" + did_you_mean(str(v), ["pca", "ica"]))
@@ -165,10 +158,10 @@ def _check_param(where: str, key: str, v: Any, name: str = "") -> Any:
         need(v in rules, " or ".join(rules) + did_you_mean(str(v), rules))
         return v
     if key == "false_removal_rate":
-        need(_is_num(v) and 0 <= float(v) < 1, "a number in [0, 1) (the share of clean validation rows removed)")
+        need(is_number(v) and 0 <= float(v) < 1, "a number in [0, 1) (the share of clean validation rows removed)")
         return float(v)
     if key == "validation_ratio":
-        need(_is_num(v) and 0 < float(v) <= 1, "a number in (0, 1]")
+        need(is_number(v) and 0 < float(v) <= 1, "a number in (0, 1]")
         return float(v)
     raise AssertionError(key)  # pragma: no cover - every key of DEFENSES is handled
 
