@@ -7,12 +7,12 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Callable, List, Optional
 
 import typer
 
 from . import __version__
-from .errors import PoisonlabError
+from .errors import PoisonlabError, one_line
 
 app = typer.Typer(
     add_completion=False,
@@ -302,16 +302,29 @@ def matrix(
     typer.echo(f"run folder: {outcome.path}")
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point: one-line errors and exit status 2 for bad input."""
+def guarded(fn: Callable[[], Any]) -> None:
+    """Call ``fn``; a :class:`PoisonlabError` becomes one ``error:`` line and exit status 2.
+
+    Memory exhaustion is the last line of defense only (loaders bound their allocations
+    before making them): it too ends in one line, exit status 3, never a traceback.
+    """
     try:
-        app(args=argv, prog_name="poisonlab", standalone_mode=True)
+        fn()
     except PoisonlabError as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        typer.secho(f"error: {one_line(str(exc))}", fg=typer.colors.RED, err=True)
         sys.exit(2)
+    except MemoryError:
+        typer.secho("error: out of memory; the input asks for more memory than this machine has "
+                    "(see docs/security.md)", fg=typer.colors.RED, err=True)
+        sys.exit(3)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: one-line errors and exit status 2 for bad input."""
+    guarded(lambda: app(args=argv, prog_name="poisonlab", standalone_mode=True))
 
 
 if __name__ == "__main__":

@@ -16,3 +16,23 @@ def did_you_mean(name: str, known: list[str] | tuple[str, ...]) -> str:
 
     close = difflib.get_close_matches(name, list(known), n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def one_line(text: str, limit: int = 600) -> str:
+    """``text`` on one line (newlines and control characters shown as spaces), at most
+    ``limit`` characters: an error message never spills a hostile value over the terminal.
+
+    >>> one_line("a\\nb" + "x" * 700, 10)
+    'a bxxxxxx…'
+    """
+    flat = "".join(c if c.isprintable() else " " for c in text)
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def shown(value: object, limit: int = 80) -> str:
+    """A short ``repr`` of a config or file value for an error message (hostile values can be huge)."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxstring, r.maxother, r.maxlist, r.maxdict, r.maxlevel = limit, limit, 6, 6, 3
+    return one_line(r.repr(value), limit)
