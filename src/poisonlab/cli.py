@@ -152,23 +152,25 @@ def runs(
 
     from .report import pct
     from .store import list_runs
+    from .store_view import cell, summary_number
 
-    rows = list_runs(dir)[:limit]
+    rows = list_runs(dir, limit=max(limit, 0), with_metrics=False)
+    keys = ("baseline_clean_acc", "badnet_clean_acc", "attack_success", "seconds")
+    numbers = [{k: summary_number(r, k, dir) for k in keys} for r in rows]  # damage: one line, before any output
     if as_json:
-        typer.echo(json.dumps([{k: v for k, v in r.items() if k != "metrics"} for r in rows], indent=2))
+        typer.echo(json.dumps(rows, indent=2))
         return
     if not rows:
         typer.echo(f"no runs in {dir} (start one with: poisonlab run examples/digits_badnets.yaml)")
         return
-    table = Table(title=f"runs in {dir}")
+    table = Table(title=cell(f"runs in {dir}", 200))
     table.add_column("id", no_wrap=True)
-    for col in ( "date", "data", "model", "attack", "seed", "baseline acc", "BadNet acc", "attack success", "s"):
+    for col in ("date", "data", "model", "attack", "seed", "baseline acc", "BadNet acc", "attack success", "s"):
         table.add_column(col)
-    for r in rows:
-        s = r["summary"]
-        table.add_row(r["id"], r["created"], r["dataset"], r["model"], r["attack"], str(r["seed"]),
-                      pct(s.get("baseline_clean_acc")), pct(s.get("badnet_clean_acc")), pct(s.get("attack_success")),
-                      f"{s.get('seconds', 0):.0f}")
+    for r, n in zip(rows, numbers):
+        table.add_row(*(cell(r[k]) for k in ("id", "created", "dataset", "model", "attack", "seed")),
+                      pct(n["baseline_clean_acc"]), pct(n["badnet_clean_acc"]), pct(n["attack_success"]),
+                      f"{n['seconds'] or 0:.0f}")
     _console().print(table)
 
 
@@ -179,16 +181,17 @@ def show(
 ) -> None:
     """Print a run's tables and where its plots and weights are."""
     from .store import find_run, read_metrics
+    from .store_view import plot_names, table_texts
 
     path = find_run(dir, run_id)
-    metrics = read_metrics(path)
+    metrics = read_metrics(path)  # checked: time.total_seconds and peak_memory_mb.rss are numbers
     typer.echo(f"run folder: {path}")
-    for md in sorted((path / "tables").glob("*.md")):
+    for text in table_texts(path):
         typer.echo("")
-        typer.echo(md.read_text().rstrip())
+        typer.echo(text)
     typer.echo("")
     typer.echo(f"time {metrics['time']['total_seconds']:.1f}s, peak memory {metrics['peak_memory_mb']['rss']:.0f} MiB")
-    plots = sorted(p.name for p in (path / "plots").glob("*.png")) if (path / "plots").is_dir() else []
+    plots = plot_names(path)
     if plots:
         typer.echo("plots: " + ", ".join(plots))
 
@@ -244,21 +247,18 @@ def traffic_table_cmd(
     for stop, speed limit, warning and other signs."""
     from . import report
     from .store import find_run, read_metrics
+    from .store_view import traffic_groups
     from .traffic_report import plot_traffic_table, traffic_table
 
     baseline = None
     nets: dict[str, tuple[dict[str, float], dict[str, float]]] = {}
     for run_id in run_ids:
         path = find_run(dir, run_id)
-        groups = read_metrics(path).get("traffic_groups")
-        if groups is None:
-            raise PoisonlabError(f"run {path.name} has no traffic-sign groups; they come from GTSRB runs with a "
-                                 f"single-target attack from one source class")
-        baseline = baseline or groups["baseline_clean"]
-        name = groups["trigger"]
+        name, base, pair = traffic_groups(read_metrics(path), path)  # checked: damage is one line
+        baseline = baseline or base
         while name in nets:
             name += "'"
-        nets[name] = (groups["badnet_clean"], groups["badnet_backdoor"])
+        nets[name] = pair
     for out in (csv_out, plot):
         if out is not None and not out.parent.is_dir():
             raise PoisonlabError(f"cannot write {out}: folder {out.parent} does not exist")
@@ -302,6 +302,59 @@ def matrix(
     typer.echo(f"run folder: {outcome.path}")
 
 
+@app.command()
+def doctor(
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="data folder to check first (also $POISONLAB_DATA)"),
+    dataset: List[str] = typer.Option([], "--dataset", "-d", help="check only this data set (repeatable; "
+                                      "default: every one that is not embedded)"),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs", help="run store to check (index, run folders, cache)"),
+    config: List[Path] = typer.Option([], "--config", "-c", help="also parse and validate this config (repeatable)"),
+    load: bool = typer.Option(True, "--load/--no-load", help="load each data set found with the run's loader "
+                              "(--no-load: scan and checksum only, much faster)"),
+    as_json: bool = typer.Option(False, "--json", help="print the findings as JSON"),
+) -> None:
+    """Check data folders, a run store and configs without running an experiment.
+
+    Says what poisonlab would refuse and why: links, devices, FIFOs and oversized files in
+    data folders, checksum mismatches against the official files, files a loader rejects,
+    a damaged run index, run folders or cache entries, stale temporary folders, invalid
+    configs. Read-only. Exit status 0 when nothing is refused, 1 otherwise."""
+    from . import doctor as doc
+
+    findings: list[doc.Finding] = []
+    for path in config:
+        findings += doc.check_configs([path])
+    with _status("checking") as say:
+        findings += doc.check_data(data_dir, dataset or None, load, on_item=say)
+        say(f"run store {runs_dir}")
+        findings += doc.check_runs(runs_dir)
+    problems = doc.problem_count(findings)
+    if as_json:
+        typer.echo(json.dumps([f.as_row() for f in findings], indent=2))
+    else:
+        _console().print(doc.findings_table(findings))
+        typer.echo(f"{problems} problem(s) found" if problems else "no problems found")
+    if problems:
+        raise typer.Exit(1)
+
+
+def _status(prefix: str):
+    """A transient spinner naming the item being checked (none when bars are off)."""
+    import contextlib
+
+    from . import progress
+
+    @contextlib.contextmanager
+    def spinner():
+        if not progress.enabled():
+            yield lambda text: None
+            return
+        with progress.console.status(prefix) as status:
+            yield lambda text: status.update(f"{prefix} {text}")
+
+    return spinner()
+
+
 def guarded(fn: Callable[[], Any]) -> None:
     """Call ``fn``; a :class:`PoisonlabError` becomes one ``error:`` line and exit status 2.
 
@@ -311,7 +364,7 @@ def guarded(fn: Callable[[], Any]) -> None:
     try:
         fn()
     except PoisonlabError as exc:
-        typer.secho(f"error: {one_line(str(exc))}", fg=typer.colors.RED, err=True)
+        typer.secho(f"error: {one_line(str(exc), 4000)}", fg=typer.colors.RED, err=True)
         sys.exit(2)
     except MemoryError:
         typer.secho("error: out of memory; the input asks for more memory than this machine has "

@@ -3,11 +3,11 @@
 Both models are trained the same way from the same seed on the same clean training
 rows (the validation split is carved first, from clean training data); the BadNet's
 training set additionally holds the attack's poison rows. The clean baseline is cached
-by its config hash so that a grid of attacks trains it once.
+(:mod:`poisonlab.baseline_cache`, keyed by the data, settings and code that determine it)
+so that a grid of attacks trains it once.
 """
 from __future__ import annotations
 
-import json
 import platform
 import time
 from dataclasses import dataclass, field
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import __version__, report
+from . import __version__, baseline_cache, report
 from .analysis import (
     backdoor_neuron_rows,
     channel_activation_stats,
@@ -45,7 +45,7 @@ from .models import build_model
 from .models.layers import conv_layers
 from .resources import peak_cuda_mb, peak_rss_mb, timed
 from .run_outputs import summarize, write_outputs
-from .store import RunFolder, index_run, load_weights, open_run, save_weights
+from .store import RunFolder, open_run, prepare_root, record_run, save_weights
 from .traffic_report import (
     grouped_accuracy,
     grouped_backdoor,
@@ -77,14 +77,15 @@ class RunOutcome:
     extra_tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
-def _baseline_key(cfg: ExperimentConfig) -> str:
-    """What determines the clean baseline: data, model, training, seed, version and, with a
-    ``transfer:`` section, the teacher's share of the training set (it trains on that part only)."""
+def _baseline_key(cfg: ExperimentConfig, train: Dataset, val: Dataset | None, device: torch.device | str) -> str:
+    """What determines the clean baseline (:func:`poisonlab.baseline_cache.baseline_key`): the data
+    actually trained and validated on, model, training, seed, code and, with a ``transfer:``
+    section, the teacher's share of the training set (it trains on that part only)."""
     what = {"data": {k: v for k, v in vars(cfg.data).items() if k != "dir"},
-            "model": vars(cfg.model), "train": vars(cfg.train), "seed": cfg.seed, "version": __version__}
+            "model": vars(cfg.model), "train": vars(cfg.train), "seed": cfg.seed}
     if cfg.transfer is not None:
         what["teacher_fraction"] = cfg.transfer.teacher_fraction
-    return config_hash(what)
+    return baseline_cache.baseline_key(what, train, val, device)
 
 
 def train_one(cfg: ExperimentConfig, train: Dataset, val: Dataset | None, device: torch.device,
@@ -97,27 +98,19 @@ def train_one(cfg: ExperimentConfig, train: Dataset, val: Dataset | None, device
 
 
 def train_baseline(cfg: ExperimentConfig, train: Dataset, val: Dataset | None, device: torch.device) -> TrainedModel:
-    """The clean baseline, loaded from the cache when an identical one was trained before."""
-    cache = Path(cfg.output.dir) / ".cache"
-    key = _baseline_key(cfg)
-    weights, info = cache / f"baseline-{key}.safetensors", cache / f"baseline-{key}.json"
-    if cfg.output.cache_baseline and weights.is_file() and info.is_file():
+    """The clean baseline, loaded from the cache when an identical one was trained before (a
+    damaged, non-finite or mismatched entry is a miss: trained again and rewritten)."""
+    cache = Path(cfg.output.dir) / baseline_cache.CACHE_DIR
+    key = _baseline_key(cfg, train, val, device)
+    if cfg.output.cache_baseline:
         model = build_model(cfg.model.name, tuple(train.x.shape[1:]), train.num_classes, cfg.model.options)
-        try:
-            load_weights(model, weights)
-            meta = TrainResult(**json.loads(info.read_text()))
-        except (PoisonlabError, ValueError, TypeError):
-            pass  # a damaged cache entry is a cache miss: train again and overwrite it
-        else:
+        meta = baseline_cache.load(cache, key, model)
+        if meta is not None:
             model.eval()
             return TrainedModel(model, meta, cached=True)
     trained = train_one(cfg, train, val, device, "baseline")
     if cfg.output.cache_baseline:
-        cache.mkdir(parents=True, exist_ok=True)
-        tmp = weights.with_suffix(".tmp")
-        save_weights(trained.model, tmp)
-        tmp.rename(weights)
-        info.write_text(json.dumps(vars(trained.result)))
+        baseline_cache.save(cache, key, trained.model, trained.result)
     return trained
 
 
@@ -193,6 +186,7 @@ def run_experiment(cfg: ExperimentConfig, quiet: bool = False) -> RunOutcome:
     pa_cfg = pruning_aware_config(cfg.pruning_aware, cfg.train) if cfg.pruning_aware is not None else None
     if pa_cfg is not None and attack is None:
         raise PoisonlabError("pruning_aware trains a backdoored model; add an attack: section (BadNets)")
+    prepare_root(cfg.output.dir)  # a file, unwritable or damaged store fails before any data or training
     with timed(times, "load_seconds"):
         split = load_dataset(cfg.data.name, cfg.data.dir, cfg.data.download)
     train_all = limit_rows(split.train, cfg.data.train_limit, cfg.seed)
@@ -299,7 +293,7 @@ def run_experiment(cfg: ExperimentConfig, quiet: bool = False) -> RunOutcome:
         metrics["peak_memory_mb"] = {"rss": peak_rss_mb(), "cuda": peak_cuda_mb()}
         table = write_outputs(folder, cfg, resolved, metrics, test, attack_set, baseline.model,
                               badnet.model if badnet else None, bad_preds)
-    index_run(cfg.output.dir, {
+    record_run(cfg.output.dir, {
         "id": folder.run_id, "created": time.strftime("%Y-%m-%d %H:%M:%S"), "name": cfg.name,
         "dataset": cfg.data.name, "model": cfg.model.name, "attack": (cfg.attack or {}).get("name", "none"),
         "config_hash": chash, "seed": cfg.seed, "version": __version__, "path": str(folder.path.resolve()),

@@ -26,7 +26,7 @@ from ..data.splits import limit_rows
 from ..errors import PoisonlabError
 from ..models.layers import get_layer
 from ..resources import peak_rss_mb, timed
-from ..store import RunFolder, index_run, open_run, save_weights
+from ..store import RunFolder, open_run, prepare_root, record_run, save_weights
 from .config import SubpopConfig
 from .defended import certified_curve, check_binary, defense_rows, defense_summary
 from .learners import (
@@ -71,6 +71,7 @@ def run_subpop_experiment(cfg: SubpopConfig) -> tuple[RunFolder, dict[str, Any]]
     """Run the configured sweep; write the run folder and its index row."""
     times: dict[str, float] = {}
     start = time.perf_counter()
+    prepare_root(cfg.output.dir)  # a file, unwritable or damaged store fails before any training
     with timed(times, "load_seconds"):
         split = load_dataset(cfg.data.name, cfg.data.dir, cfg.data.download)
     train = limit_rows(split.train, cfg.data.train_limit, cfg.seed)
@@ -155,7 +156,7 @@ def run_subpop_experiment(cfg: SubpopConfig) -> tuple[RunFolder, dict[str, Any]]
     with open_run(cfg.output.dir, cfg.name, chash) as folder:
         metrics["config_hash"] = chash
         _write(folder, cfg, resolved, metrics, rows, summary, clean)
-    index_run(cfg.output.dir, {
+    record_run(cfg.output.dir, {
         "id": folder.run_id, "created": time.strftime("%Y-%m-%d %H:%M:%S"), "name": cfg.name,
         "dataset": cfg.data.name, "model": spec.name, "attack": f"subpopulation ({cfg.subpopulations.kind})",
         "config_hash": chash, "seed": cfg.seed, "version": __version__, "path": str(folder.path.resolve()),
