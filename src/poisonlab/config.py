@@ -7,15 +7,17 @@ overrides are applied to the raw mapping before validation.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
 
-import yaml
-
-from .errors import PoisonlabError, did_you_mean
+from . import safe_yaml
+from .checks import (INT_LIMIT, MAX_ROWS, SEED_MAX, check_model_options, check_values, is_number, is_whole, need_int,
+                     need_number, one_key)
+from .errors import PoisonlabError, did_you_mean, one_line, shown
 from .train import TrainConfig
 from .transfer import TransferConfig
 
@@ -82,21 +84,26 @@ class ExperimentConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def validate(self) -> None:
-        if not 0 <= self.data.val_fraction < 1:
-            raise PoisonlabError(f"data.val_fraction must be in [0, 1), got {self.data.val_fraction}")
-        if self.data.train_limit is not None and self.data.train_limit < 1:
-            raise PoisonlabError(f"data.train_limit must be >= 1, got {self.data.train_limit}")
-        if self.seed < 0:
-            raise PoisonlabError(f"seed must be >= 0, got {self.seed}")
+        need_number(self.data.val_fraction, "data.val_fraction", 0, 1, high_open=True)
+        if self.data.train_limit is not None:
+            need_int(self.data.train_limit, "data.train_limit", 1, MAX_ROWS)
+        need_int(self.seed, "seed", 0, SEED_MAX)
+        check_model_options(self.model.options)
         self.train.validate()
         if self.transfer is not None:
             self.transfer.validate()
-        if not self.analysis.z >= 0 or not 0 <= self.analysis.clean_quantile <= 1:
-            raise PoisonlabError(f"analysis.z must be >= 0 and analysis.clean_quantile in [0, 1], got "
-                                 f"{self.analysis.z} and {self.analysis.clean_quantile}")
+        if not (is_number(self.analysis.z) and self.analysis.z >= 0):
+            raise PoisonlabError(f"analysis.z must be >= 0, got {shown(self.analysis.z)}")
+        need_number(self.analysis.z, "analysis.z", 0, 1000)
+        need_number(self.analysis.clean_quantile, "analysis.clean_quantile", 0, 1)
+        if len(self.defenses) > MAX_DEFENSES:
+            raise PoisonlabError(f"defenses lists {len(self.defenses)} entries; at most {MAX_DEFENSES} are allowed")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+MAX_DEFENSES = 32
 
 
 def _type_name(tp: Any) -> str:
@@ -123,50 +130,59 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 return _coerce(value, arg, where)
             except PoisonlabError:
                 continue
-        raise PoisonlabError(f"config key '{where}' must be {_type_name(tp)}, got {value!r}")
+        raise PoisonlabError(f"config key '{where}' must be {_type_name(tp)}, got {shown(value)}")
     if origin is Literal:
         allowed = typing.get_args(tp)
         if value not in allowed:
             raise PoisonlabError(
-                f"config key '{where}' must be one of {', '.join(map(str, allowed))}, got {value!r}"
-                + (did_you_mean(str(value), [str(a) for a in allowed]))
+                f"config key '{where}' must be one of {', '.join(map(str, allowed))}, got {shown(value)}"
+                + _hint(value, [str(a) for a in allowed])
             )
         return value
     if tp is type(None):
         if value is not None:
-            raise PoisonlabError(f"config key '{where}' must be null, got {value!r}")
+            raise PoisonlabError(f"config key '{where}' must be null, got {shown(value)}")
         return None
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise PoisonlabError(f"config key '{where}' must be a list, got {value!r}")
+            raise PoisonlabError(f"config key '{where}' must be a list, got {shown(value)}")
         (inner, *_) = typing.get_args(tp) or (Any,)
         return [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
-            raise PoisonlabError(f"config key '{where}' must be a mapping, got {value!r}")
+            raise PoisonlabError(f"config key '{where}' must be a mapping, got {shown(value)}")
         return dict(value)
     if tp is bool:
         if not isinstance(value, bool):
-            raise PoisonlabError(f"config key '{where}' must be true or false, got {value!r}")
+            raise PoisonlabError(f"config key '{where}' must be true or false, got {shown(value)}")
         return value
     if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise PoisonlabError(f"config key '{where}' must be an integer, got {value!r}")
-        return value
+        if not is_whole(value):
+            raise PoisonlabError(f"config key '{where}' must be an integer, got {shown(value)}")
+        if not -INT_LIMIT < value < INT_LIMIT:
+            raise PoisonlabError(f"config key '{where}' must be an integer within ±2**63, got {shown(value)}")
+        return int(value)
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise PoisonlabError(f"config key '{where}' must be a number, got {value!r}")
+            raise PoisonlabError(f"config key '{where}' must be a number, got {shown(value)}")
+        if isinstance(value, int) and not -INT_LIMIT < value < INT_LIMIT or not math.isfinite(value):
+            raise PoisonlabError(f"config key '{where}' must be a finite number, got {shown(value)}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise PoisonlabError(f"config key '{where}' must be a string, got {value!r}")
+            raise PoisonlabError(f"config key '{where}' must be a string, got {shown(value)}")
         return value
     return value
 
 
 T = typing.TypeVar("T")
+
+
+def _hint(value: Any, known: list[str]) -> str:
+    """A did-you-mean hint for a short string ``value`` (none for anything else)."""
+    return did_you_mean(value, known) if isinstance(value, str) and len(value) <= 100 else ""
 
 
 def from_dict(cls: type[T], data: Any, where: str = "") -> T:
@@ -179,32 +195,38 @@ def from_dict(cls: type[T], data: Any, where: str = "") -> T:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise PoisonlabError(f"'{label}' must be a mapping of keys to values, got {data!r}")
+        raise PoisonlabError(f"'{label}' must be a mapping of keys to values, got {shown(data)}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
     kwargs = {}
     for key, value in data.items():
-        path = f"{where}.{key}" if where else str(key)
+        path = f"{where}.{one_key(key)}" if where else one_key(key)
         if key not in names:
             raise PoisonlabError(
-                f"unknown config key '{path}'{did_you_mean(str(key), names)}; allowed under '{label}': {', '.join(names)}"
+                f"unknown config key '{path}'{_hint(key, names)}; allowed under '{label}': {', '.join(names)}"
             )
         kwargs[key] = _coerce(value, hints[key], path)
     return cls(**kwargs)  # type: ignore[call-arg]
 
 
+MAX_KEY_PARTS = 8
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """``"train.lr=0.01"`` -> (["train", "lr"], 0.01); the value is parsed as YAML."""
-    if "=" not in text:
-        raise PoisonlabError(f"--set needs key=value, got '{text}' (e.g. --set train.epochs=5)")
+    """``"train.lr=0.01"`` -> (["train", "lr"], 0.01); the value is parsed as YAML (bounded:
+    :func:`poisonlab.safe_yaml.load_override`; the key has at most 8 dotted parts)."""
+    if not isinstance(text, str) or "=" not in text:
+        raise PoisonlabError(f"--set needs key=value, got {shown(text)} (e.g. --set train.epochs=5)")
+    if len(text) > safe_yaml.MAX_OVERRIDE_CHARS:
+        raise PoisonlabError(f"--set {shown(text, 40)} has {len(text)} characters, more than the "
+                             f"{safe_yaml.MAX_OVERRIDE_CHARS} allowed; put large settings in the config file")
     key, raw = text.split("=", 1)
     parts = [p for p in key.strip().split(".") if p]
     if not parts:
-        raise PoisonlabError(f"--set has an empty key in '{text}'")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
+        raise PoisonlabError(f"--set has an empty key in {shown(text)}")
+    if len(parts) > MAX_KEY_PARTS:
+        raise PoisonlabError(f"--set key {shown(key)} has {len(parts)} dotted parts; at most {MAX_KEY_PARTS}")
+    value = safe_yaml.load_override(raw, f"--set {one_line(key.strip(), 60)}") if raw.strip() else None
     return parts, value
 
 
@@ -221,26 +243,24 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             if child is None:
                 child = node[p] = {}
             if not isinstance(child, dict):
-                raise PoisonlabError(f"--set {text}: '{p}' is not a section")
+                raise PoisonlabError(f"--set {shown(text)}: '{one_key(p)}' is not a section")
             node = child
         node[parts[-1]] = value
     return out
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file; a missing or malformed file is a one-line error."""
+    """Read a YAML config file with the bounded loader (:mod:`poisonlab.safe_yaml`: size, depth,
+    aliases); a missing, malformed or oversized file is a one-line error."""
     p = Path(path)
-    if not p.is_file():
-        raise PoisonlabError(f"config file '{p}' not found; give the path of a YAML file (see examples/)")
+    what = f"config file '{one_line(str(p), 200)}'"
     try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise PoisonlabError(f"config file '{p}' is not valid YAML{at}: {problem}") from None
-    except UnicodeDecodeError:
-        raise PoisonlabError(f"config file '{p}' is not UTF-8 text") from None
+        found = p.is_file()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte
+        found = False
+    if not found:
+        raise PoisonlabError(f"{what} not found; give the path of a YAML file (see examples/)")
+    raw = safe_yaml.load(safe_yaml.read_bounded(p, what), what)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -258,6 +278,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     for key, value in top.items():
         if value is not None:
             raw[key] = value
+    check_values(raw)
     cfg = from_dict(ExperimentConfig, raw)
     cfg.validate()
     return cfg

@@ -44,10 +44,9 @@ never recomputed, so an interrupted or extended grid only runs what is missing. 
 never looks at test results to choose anything, it only averages them. The table's spread
 is the sample standard deviation over seeds (``ddof=1``), shown as ``–`` for a single seed.
 """
+
 from __future__ import annotations
 
-import copy
-import dataclasses
 import math
 import platform
 import time
@@ -56,36 +55,24 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import __version__, report
-from .attacks import build_attack
-from .config import ExperimentConfig, OutputConfig, config_hash, from_dict, read_yaml
-from .data import DATASETS
-from .defend import check_defenses
-from .errors import PoisonlabError, did_you_mean
-from .experiment import experiment_hash, run_experiment
-from .models import MODELS
+from .config import config_hash
+from .errors import PoisonlabError
+from .experiment import run_experiment
+from .matrix_grid import Cell, Grid, grid_from_dict, load_grid  # noqa: F401 (re-exported)
 from .resources import peak_cuda_mb, peak_rss_mb
-from .store import index_run, list_runs, open_run, read_metrics
+from .store import (
+    open_run,
+    prepare_root,
+    read_metrics,
+    record_run,
+    run_folder,
+    runs_with_hash,
+)
+from .store_json import is_number
 from .subpop.config import SubpopConfig
-from .subpop.defended import defense_summary, parse_defenses
-from .subpop.experiment import run_subpop_experiment, subpop_config_hash
+from .subpop.defended import defense_summary
+from .subpop.experiment import run_subpop_experiment
 
-GRID_KINDS = ("badnets", "subpop")
-GRID_KEYS = ("name", "kind", "base", "attacks", "defenses", "seeds", "workers", "output")
-_NOT_IN_BASE = {
-    "attack": "list attacks under the grid's attacks: mapping",
-    "defenses": "list defenses under the grid's defenses: list",
-    "seed": "list seeds under the grid's seeds: list",
-    "name": "name the grid with its top-level name:",
-    "output": "set output under the grid's top-level output:",
-}
-_NOT_IN_SUBPOP_BASE = {
-    "subpopulations": "set subpopulations in each attack entry (attacks.LABEL.subpopulations)",
-    "attack": "set alphas and the poison label in each attack entry (attacks.LABEL.attack)",
-    **{k: v for k, v in _NOT_IN_BASE.items() if k != "attack"},
-    "workers": "set workers at the grid's top level or with --workers",
-}
-# the keys of a subpop attack entry: which subpopulations are attacked and with which poisons
-SUBPOP_ATTACK_KEYS = ("subpopulations", "attack")
 SUBPOP_MEASURES = ("target_worst_k", "collateral_all", "clean_accuracy", "poisons_removed", "clean_removed")
 STD_NOTE = "std: sample standard deviation over seeds (ddof=1); – for a single seed"
 SUBPOP_NOTE = ("every number: mean ± std over seeds; target damage: mean over the k subpopulations worst "
@@ -93,31 +80,6 @@ SUBPOP_NOTE = ("every number: mean ± std over seeds; target damage: mean over t
                "(Jagielski et al., CCS 2021); collateral, clean accuracy and rows removed: means over all attacked "
                "subpopulations; defense thresholds are fixed or read off the clean validation split, never the "
                "test set")
-
-
-@dataclass
-class Cell:
-    """One (attack, seed) experiment of the grid with its validated config and config hash."""
-
-    attack: str
-    seed: int
-    config: ExperimentConfig | SubpopConfig
-    hash: str
-
-
-@dataclass
-class Grid:
-    """A validated grid: its cells in run order (attack by attack, seed by seed)."""
-
-    name: str
-    attacks: dict[str, dict[str, Any]]
-    defenses: list[str]
-    seeds: list[int]
-    output: OutputConfig
-    cells: list[Cell]
-    raw: dict[str, Any] = field(default_factory=dict)
-    kind: str = "badnets"
-    workers: int | None = None
 
 
 @dataclass
@@ -134,231 +96,58 @@ class MatrixOutcome:
     notes: list[str] = field(default_factory=lambda: [STD_NOTE])
 
 
-def load_grid(path: str | Path, data_dir: str | Path | None = None, output_dir: str | Path | None = None,
-              workers: int | None = None) -> Grid:
-    """Read and validate a grid YAML file (every cell's config is checked; nothing runs)."""
-    return grid_from_dict(read_yaml(path), data_dir=data_dir, output_dir=output_dir, workers=workers)
-
-
-def grid_from_dict(raw: dict[str, Any], data_dir: str | Path | None = None,
-                   output_dir: str | Path | None = None, workers: int | None = None) -> Grid:
-    """Validate a grid mapping and build every cell's config (:class:`ExperimentConfig` for a
-    ``badnets`` grid, :class:`~poisonlab.subpop.config.SubpopConfig` for a ``subpop`` one); one-line errors.
-
-    ``workers`` (subpop grids only) overrides the grid's ``workers:`` key.
-    """
-    if not isinstance(raw, dict):
-        raise PoisonlabError(f"a grid must be a mapping of {', '.join(GRID_KEYS)}, got {type(raw).__name__}")
-    for key in raw:
-        if key not in GRID_KEYS:
-            raise PoisonlabError(f"unknown grid key '{key}'{did_you_mean(str(key), list(GRID_KEYS))}; "
-                                 f"allowed: {', '.join(GRID_KEYS)}")
-    kind = _check_kind(raw.get("kind", "badnets"))
-    name = raw.get("name", "matrix")
-    if not isinstance(name, str) or not name.strip():
-        raise PoisonlabError(f"grid key 'name' must be a non-empty string, got {name!r}")
-    n_workers = _check_workers(workers if workers is not None else raw.get("workers"), kind)
-    base = _check_base(raw.get("base"), kind)
-    attacks = _check_attacks(raw.get("attacks"), kind)
-    defenses_raw, defense_names = _check_defenses(raw.get("defenses"), kind)
-    seeds = _check_seeds(raw.get("seeds"))
-    output = from_dict(OutputConfig, raw.get("output"), "output")
-    if output_dir is not None:
-        output.dir = str(output_dir)
-    if data_dir is not None and isinstance(base.get("data") or {}, dict):
-        base["data"] = {**(base.get("data") or {}), "dir": str(data_dir)}
-
-    cells: list[Cell] = []
-    seen: dict[str, str] = {}
-    for label, section in attacks.items():
-        for seed in seeds:
-            cfg: ExperimentConfig | SubpopConfig
-            if kind == "subpop":
-                cfg = _subpop_cell_config(name, base, label, section, defenses_raw, seed, output, n_workers)
-                chash = subpop_config_hash(cfg)
-            else:
-                cfg = _cell_config(name, base, label, section, defenses_raw, seed, output)
-                chash = experiment_hash(cfg.to_dict())
-            if chash in seen and seen[chash] != label:
-                raise PoisonlabError(f"attacks '{seen[chash]}' and '{label}' are the same experiment; list it once")
-            seen[chash] = label
-            cells.append(Cell(label, seed, cfg, chash))
-    return Grid(name, attacks, defense_names, seeds, output, cells, copy.deepcopy(raw), kind, n_workers)
-
-
-def _check_kind(kind: Any) -> str:
-    if not isinstance(kind, str) or kind not in GRID_KINDS:
-        raise PoisonlabError(f"unknown grid kind {kind!r}{did_you_mean(str(kind), list(GRID_KINDS))}; "
-                             f"choose badnets (the default) or subpop")
-    return kind
-
-
-def _check_workers(workers: Any, kind: str) -> int | None:
-    if workers is None:
-        return None
-    if kind != "subpop":
-        raise PoisonlabError("workers (grid key or --workers) sets the parallel retrainings of subpop cells; "
-                             "remove it from this badnets grid, or set kind: subpop")
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise PoisonlabError(f"workers must be an integer >= 1 (or left out: one per core), got {workers!r}")
-    return workers
-
-
-def _check_base(base: Any, kind: str = "badnets") -> dict[str, Any]:
-    if base is None:
-        base = {}
-    what = "a subpop config mapping (data:, model:)" if kind == "subpop" else \
-        "an experiment config mapping (data:, model:, train:, ...)"
-    if not isinstance(base, dict):
-        raise PoisonlabError(f"grid key 'base' must be {what}, got {base!r}")
-    for key, why in (_NOT_IN_SUBPOP_BASE if kind == "subpop" else _NOT_IN_BASE).items():
-        if key in base:
-            raise PoisonlabError(f"base must not hold '{key}': {why}")
-    return copy.deepcopy(base)
-
-
-def _check_attacks(attacks: Any, kind: str = "badnets") -> dict[str, dict[str, Any]]:
-    example = ("featurematch: {subpopulations: {kind: feature-match}, attack: {alphas: [1.0]}}" if kind == "subpop"
-               else "badnets-pattern: {name: badnets, p: 0.1}")
-    if not isinstance(attacks, dict) or not attacks:
-        raise PoisonlabError(f"grid key 'attacks' must be a non-empty mapping of label -> attack section "
-                             f"(e.g. {example})")
-    out = {}
-    for label, section in attacks.items():
-        if not isinstance(label, str) or not label.strip():
-            raise PoisonlabError(f"attack labels must be non-empty strings, got {label!r}")
-        if not isinstance(section, dict):
-            raise PoisonlabError(f"attacks.{label} must be an attack section mapping (e.g. {example}), "
-                                 f"got {section!r}")
-        if kind == "subpop":
-            _check_subpop_attack(label, section)
-        else:
-            try:
-                build_attack(section)
-            except PoisonlabError as exc:
-                raise PoisonlabError(f"attacks.{label}: {exc}") from None
-        out[label] = copy.deepcopy(section)
-    return out
-
-
-def _check_subpop_attack(label: str, section: dict[str, Any]) -> None:
-    """An attack entry of a subpop grid sets ``subpopulations:`` and ``attack:`` only (Jagielski et
-    al., CCS 2021: how subpopulations are found, Sec. 4.1; poison sizes and label, Sec. 4.2)."""
-    others = {f.name for f in dataclasses.fields(SubpopConfig)} - set(SUBPOP_ATTACK_KEYS)
-    for key in section:
-        if key in SUBPOP_ATTACK_KEYS:
-            continue
-        if key in others:
-            where = _NOT_IN_SUBPOP_BASE.get(key, "set it in the grid's base: (all attacks share data and model)")
-            raise PoisonlabError(f"attacks.{label} must not set '{key}' (an attack entry sets only "
-                                 f"{' and '.join(SUBPOP_ATTACK_KEYS)}): {where}")
-        raise PoisonlabError(f"unknown key 'attacks.{label}.{key}'{did_you_mean(str(key), list(SUBPOP_ATTACK_KEYS))}; "
-                             f"an attack entry may set: {', '.join(SUBPOP_ATTACK_KEYS)}")
-    try:  # the entry over the default config: its own keys and values, before any base is read
-        from_dict(SubpopConfig, copy.deepcopy(section)).validate()
-    except PoisonlabError as exc:
-        raise PoisonlabError(f"attacks.{label}: {exc}") from None
-
-
-def _check_defenses(raw: Any, kind: str) -> tuple[list[Any], list[str]]:
-    """The ``defenses:`` list as given (what goes into each cell) and the labels of its defenses."""
-    if raw is None:
-        raw = []
-    if not isinstance(raw, list):
-        raise PoisonlabError(f"grid key 'defenses' must be a list of defense sections, got {raw!r}")
-    for item in raw:
-        names = [item] if isinstance(item, str) else [item.get("name"), item.get("label")] if isinstance(item, dict) \
-            else []
-        if "none" in names:
-            raise PoisonlabError("the defense label 'none' is reserved for the undefended model (always included)")
-    if kind == "subpop":
-        return copy.deepcopy(raw), [spec.label for spec in parse_defenses(raw)]
-    return raw, [n for n, _ in check_defenses(raw)]
-
-
-def _check_seeds(seeds: Any) -> list[int]:
-    if not isinstance(seeds, list) or not seeds:
-        raise PoisonlabError(f"grid key 'seeds' must be a non-empty list of integers, got {seeds!r}")
-    for s in seeds:
-        if isinstance(s, bool) or not isinstance(s, int) or s < 0:
-            raise PoisonlabError(f"seeds must be integers >= 0, got {s!r}")
-    dupes = sorted({s for s in seeds if seeds.count(s) > 1})
-    if dupes:
-        raise PoisonlabError(f"seeds lists {', '.join(map(str, dupes))} more than once; give each seed once")
-    return list(seeds)
-
-
-def _cell_config(name: str, base: dict[str, Any], label: str, attack: dict[str, Any],
-                 defenses: list[dict[str, Any]], seed: int, output: OutputConfig) -> ExperimentConfig:
-    raw = copy.deepcopy(base)
-    raw.update(name=f"{name}-{label}", seed=seed, attack=copy.deepcopy(attack), defenses=copy.deepcopy(defenses),
-               output=dataclasses.asdict(output))
-    cfg = _validated_base(ExperimentConfig, raw)
-    if defenses and cfg.data.val_fraction <= 0:
-        raise PoisonlabError("base: defenses decide on a clean validation split; set data.val_fraction > 0")
-    return cfg
-
-
-def _subpop_cell_config(name: str, base: dict[str, Any], label: str, attack: dict[str, Any], defenses: list[Any],
-                        seed: int, output: OutputConfig, workers: int | None) -> SubpopConfig:
-    raw = copy.deepcopy(base)
-    raw.update(copy.deepcopy(attack))
-    raw.update(name=f"{name}-{label}", seed=seed, workers=workers, defenses=copy.deepcopy(defenses),
-               output=dataclasses.asdict(output))
-    return _validated_base(SubpopConfig, raw)  # attack entries and defenses were checked on their own
-
-
-def _validated_base(cls: type, raw: dict[str, Any]) -> Any:
-    """``raw`` as a validated ``cls`` config whose data set and model exist; errors name the base."""
-    try:
-        cfg = from_dict(cls, raw)
-        cfg.validate()
-        DATASETS.get(cfg.data.name)
-        MODELS.get(cfg.model.name)
-    except PoisonlabError as exc:
-        raise PoisonlabError(f"base: {exc}") from None
-    return cfg
-
-
 def _badnets_done(metrics: dict[str, Any], defenses: list[str]) -> bool:
-    done = metrics.get("defenses") or {}
-    return "badnet" in metrics and "time" in metrics and isinstance(done, dict) and all(d in done for d in defenses)
+    """Whether a BadNets cell's metrics hold every number the matrix reads, of the right type."""
+    try:
+        cells = cell_summary(metrics, defenses)
+        numbers = [metrics["baseline"]["clean_accuracy"], *(c[k] for c in cells.values()
+                                                             for k in ("clean_accuracy", "defense_seconds"))]
+        optional = [c["attack_success_rate"] for c in cells.values()]
+    except (KeyError, TypeError, AttributeError, IndexError):
+        return False
+    return all(map(is_number, numbers)) and all(v is None or is_number(v) for v in optional)
 
 
-def _subpop_done(metrics: dict[str, Any], defenses: list[str]) -> bool:
+def _subpop_done(metrics: dict[str, Any], defenses: list[str], alphas: list[float] | None = None) -> bool:
+    """Whether a subpop cell's metrics hold every (defense, alpha) entry the matrix reads (every
+    alpha of ``alphas`` when given), each number of the right type."""
     if not all(k in metrics for k in ("summary", "time", "model")):
         return False
-    if not defenses:  # the undefended numbers come from the per-subpopulation rows (metrics.json only)
-        return "rows" in metrics
-    done = metrics.get("defenses") or []
-    return isinstance(done, list) and set(defenses) <= {s.get("defense") for s in done}
+    try:
+        entries = subpop_cell_summary(metrics, defenses)
+        ok = is_number(metrics["model"]["clean_accuracy"]) and all(
+            is_number(e["alpha"]) and isinstance(e["k"], int) and not isinstance(e["k"], bool)
+            and all(isinstance(w, str) for w in e["worst_subpops"])
+            and all(e[m] is None or is_number(e[m]) for m in SUBPOP_MEASURES) for e in entries)
+        have = {(e["defense"], e["alpha"]) for e in entries}
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError):
+        return False
+    wanted = ["none", *defenses]
+    if not ok or not set(wanted) <= {d for d, _ in have}:
+        return False
+    return alphas is None or all((d, a) in have for d in wanted for a in alphas)
 
 
-def find_finished(root: str | Path, chash: str, defenses: list[str],
-                  kind: str = "badnets") -> tuple[str, dict[str, Any]] | None:
+def find_finished(root: str | Path, chash: str, defenses: list[str], kind: str = "badnets",
+                  alphas: list[float] | None = None) -> tuple[str, dict[str, Any]] | None:
     """The newest finished run in store ``root`` with config hash ``chash`` holding every defense; else None.
 
-    A run counts when its index row names a folder that still exists and its metrics (the
-    index row's, else ``metrics.json``) hold the attacked model (``badnet``; for ``kind``
-    ``subpop``: ``summary`` and ``model``) and each defense's result (``defenses``).
+    A run counts when its index row is intact, its folder ``root/<id>`` holds a valid
+    ``metrics.json`` of that hash, and that holds the attacked model (``badnet``; for ``kind``
+    ``subpop``: ``summary``, ``model`` and every alpha of ``alphas``) and each defense's
+    result, every number the matrix reads of the right type. A damaged cell is not served:
+    it is skipped, so the matrix computes it again.
     """
-    done = _subpop_done if kind == "subpop" else _badnets_done
-    root_path = Path(root)
-    for row in list_runs(root_path):
-        if row.get("config_hash") != chash or row.get("attack") == "matrix":
+    for row in runs_with_hash(root, chash):
+        if row.get("attack") == "matrix":
             continue
-        folder = Path(row["path"])
-        if not (folder / "metrics.json").is_file():
-            folder = root_path / row["id"]
-            if not (folder / "metrics.json").is_file():
-                continue
-        metrics = row.get("metrics") or {}
-        if not done(metrics, defenses):
-            try:
-                metrics = read_metrics(folder)
-            except PoisonlabError:
-                continue
-        if done(metrics, defenses):
+        try:
+            metrics = read_metrics(run_folder(root, row["id"]))
+        except PoisonlabError:
+            continue
+        if metrics.get("config_hash", chash) != chash:
+            continue
+        if _subpop_done(metrics, defenses, alphas) if kind == "subpop" else _badnets_done(metrics, defenses):
             return row["id"], metrics
     return None
 
@@ -526,12 +315,17 @@ def _cell_record(grid: Grid, cell: Cell, run_id: str, metrics: dict[str, Any], r
     if grid.kind == "subpop":
         record.update(summary=subpop_cell_summary(metrics, grid.defenses),
                       clean_model_accuracy=metrics["model"]["clean_accuracy"],
-                      subpopulations=metrics.get("subpopulations", {}).get("count"), workers=metrics.get("workers"))
+                      subpopulations=_count(metrics.get("subpopulations")), workers=metrics.get("workers"))
     else:
         record.update(summary=cell_summary(metrics, grid.defenses),
                       baseline_clean_accuracy=metrics["baseline"]["clean_accuracy"])
     record["total_seconds"] = metrics["time"]["total_seconds"]
     return record
+
+
+def _count(subpopulations: Any) -> int | None:
+    count = subpopulations.get("count") if isinstance(subpopulations, dict) else None
+    return count if isinstance(count, int) and not isinstance(count, bool) else None
 
 
 def run_matrix(grid: Grid, echo: Callable[[str], None] | None = None) -> MatrixOutcome:
@@ -542,12 +336,14 @@ def run_matrix(grid: Grid, echo: Callable[[str], None] | None = None) -> MatrixO
     say = echo or (lambda _line: None)
     start = time.perf_counter()
     root = grid.output.dir
+    prepare_root(root)  # a file, unwritable or damaged store fails before any cell runs
     cells: list[dict[str, Any]] = []
     computed: list[str] = []
     reused: list[str] = []
     for i, cell in enumerate(grid.cells, 1):
         where = f"cell {i}/{len(grid.cells)} ({cell.attack}, seed {cell.seed})"
-        found = find_finished(root, cell.hash, grid.defenses, grid.kind)
+        alphas = list(cell.config.attack.alphas) if isinstance(cell.config, SubpopConfig) else None
+        found = find_finished(root, cell.hash, grid.defenses, grid.kind, alphas)
         if found is not None:
             run_id, metrics = found
             reused.append(run_id)
@@ -590,7 +386,7 @@ def run_matrix(grid: Grid, echo: Callable[[str], None] | None = None) -> MatrixO
         folder.write_text("tables/matrix.md", md)
         folder.write_text("tables/matrix.csv", report.to_csv(rows))
         folder.write_json("metrics.json", metrics_out)
-    index_run(root, {
+    record_run(root, {
         "id": folder.run_id, "created": time.strftime("%Y-%m-%d %H:%M:%S"), "name": grid.name,
         "dataset": grid.cells[0].config.data.name, "model": grid.cells[0].config.model.name, "attack": "matrix",
         "config_hash": ghash, "seed": None, "version": __version__, "path": str(folder.path.resolve()),

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Callable, Generic, Iterator, TypeVar
 
-from .errors import PoisonlabError, did_you_mean
+from .errors import PoisonlabError, did_you_mean, one_line, shown
 
 T = TypeVar("T")
 
@@ -35,11 +35,13 @@ class Registry(Generic[T]):
         return decorator
 
     def get(self, name: str) -> T:
-        if name not in self._items:
+        """The object registered as ``name``; any other value (a config may hold anything) is a
+        one-line error showing it briefly."""
+        if not isinstance(name, str) or name not in self._items:
             known = sorted(self._items)
-            raise PoisonlabError(
-                f"unknown {self.kind} '{name}'{did_you_mean(name, known)}; known: {', '.join(known)}"
-            )
+            hint = did_you_mean(name, known) if isinstance(name, str) and len(name) <= 100 else ""
+            shown_name = f"'{one_line(name, 80)}'" if isinstance(name, str) else shown(name)
+            raise PoisonlabError(f"unknown {self.kind} {shown_name}{hint}; known: {', '.join(known)}")
         return self._items[name]
 
     def names(self) -> list[str]:

@@ -18,7 +18,8 @@ from torch import nn
 
 from . import progress
 from .data.base import Dataset
-from .errors import PoisonlabError
+from .checks import MAX_BATCH, MAX_EPOCHS, MAX_LR, is_number, is_whole, need_int, need_number
+from .errors import PoisonlabError, shown
 
 
 @dataclass
@@ -38,20 +39,28 @@ class TrainConfig:
     eval_batch_size: int = 2048
     channels_last: bool = True
 
-    def validate(self) -> None:
-        checks = [
-            (self.epochs >= 1, f"train.epochs must be >= 1, got {self.epochs}"),
-            (self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size}"),
-            (self.lr > 0, f"train.lr must be > 0, got {self.lr}"),
-            (0 <= self.momentum < 1, f"train.momentum must be in [0, 1), got {self.momentum}"),
-            (self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay}"),
-            (self.step_every >= 1, f"train.step_every must be >= 1, got {self.step_every}"),
-            (0 < self.step_gamma <= 1, f"train.step_gamma must be in (0, 1], got {self.step_gamma}"),
-            (self.eval_batch_size >= 1, f"train.eval_batch_size must be >= 1, got {self.eval_batch_size}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise PoisonlabError(message)
+    def validate(self, where: str = "train") -> None:
+        """One-line errors naming ``where.key`` and the allowed range: epochs 1..10000, batch sizes
+        1..2**20, step_every 1..10000, lr in (0, 10], momentum in [0, 1), weight_decay in [0, 1],
+        step_gamma in (0, 1]; an integer setting must be an integer (not 1e12)."""
+        for key, hi in (("epochs", MAX_EPOCHS), ("batch_size", MAX_BATCH), ("step_every", MAX_EPOCHS),
+                        ("eval_batch_size", MAX_BATCH)):
+            v = getattr(self, key)
+            if not is_whole(v):
+                raise PoisonlabError(f"{where}.{key} must be an integer, got {shown(v)}")
+            if v < 1:
+                raise PoisonlabError(f"{where}.{key} must be >= 1, got {v}")
+            need_int(v, f"{where}.{key}", 1, hi)
+        if is_number(self.lr) and self.lr <= 0:
+            raise PoisonlabError(f"{where}.lr must be > 0, got {self.lr}")
+        need_number(self.lr, f"{where}.lr", 0, MAX_LR, low_open=True)
+        need_number(self.momentum, f"{where}.momentum", 0, 1, high_open=True)
+        need_number(self.weight_decay, f"{where}.weight_decay", 0, 1)
+        need_number(self.step_gamma, f"{where}.step_gamma", 0, 1, low_open=True)
+        if self.optimizer not in ("sgd", "adam"):
+            raise PoisonlabError(f"{where}.optimizer must be sgd or adam, got {shown(self.optimizer)}")
+        if self.schedule not in ("cosine", "step", "constant"):
+            raise PoisonlabError(f"{where}.schedule must be cosine, step or constant, got {shown(self.schedule)}")
 
 
 @dataclass
@@ -195,9 +204,8 @@ def train_model(model: nn.Module, train: Dataset, cfg: TrainConfig, seed: int = 
     n = len(train)
     steps_per_epoch = (n + cfg.batch_size - 1) // cfg.batch_size
     total_steps = steps_per_epoch * cfg.epochs
-    # the whole schedule up front: no numpy call per step, and the learning rate is only
-    # written into the optimiser when it changes (never, for "constant")
-    factors = [_lr_factor(cfg, s, total_steps, steps_per_epoch) for s in range(total_steps)]
+    # one epoch of the schedule at a time (memory: steps per epoch, never the whole run); the
+    # learning rate is only written into the optimiser when it changes (never, for "constant")
     gather = _BatchGather(x_all, cfg.batch_size, device, cfg.channels_last)
     y_buf = torch.empty(min(cfg.batch_size, n), dtype=y_all.dtype, device=y_all.device)
     result = TrainResult()
@@ -213,12 +221,13 @@ def train_model(model: nn.Module, train: Dataset, cfg: TrainConfig, seed: int = 
                 perm = perm.to(device)
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), device=device, dtype=torch.int64)
+            factors = [_lr_factor(cfg, s, total_steps, steps_per_epoch) for s in range(step, step + steps_per_epoch)]
             for b in range(steps_per_epoch):
                 idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
                 xb = gather.batch(idx)
                 yb = torch.index_select(y_all, 0, idx, out=y_buf[:len(idx)])
-                if factors[step] != current_factor:
-                    current_factor = factors[step]
+                if factors[b] != current_factor:
+                    current_factor = factors[b]
                     for group, base in zip(optimizer.param_groups, base_lrs):
                         group["lr"] = base * current_factor
                 logits = model(xb)

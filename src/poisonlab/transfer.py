@@ -46,8 +46,9 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .checks import MAX_COUNT, MAX_EPOCHS, MAX_LR, check_model_options, need_int, need_number
 from .data.base import Dataset
-from .errors import PoisonlabError, did_you_mean
+from .errors import PoisonlabError, did_you_mean, shown
 from .models.layers import conv_layers, get_layer
 from .train import TrainConfig, TrainResult, train_model
 
@@ -145,7 +146,7 @@ def frozen_parameter_names(model: nn.Module) -> list[str]:
 
 def _check_num_classes(num_classes: object) -> int:
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise PoisonlabError(f"num_classes must be a whole number >= 1, got {num_classes!r}")
+        raise PoisonlabError(f"num_classes must be a whole number >= 1, got {shown(num_classes)}")
     return num_classes
 
 
@@ -156,7 +157,7 @@ def _check_hidden(hidden: object, where: str = "hidden") -> list[int] | None:
         isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in hidden)
     if not ok:
         raise PoisonlabError(f"{where} must be null (copy the teacher's head layout) or a list of positive "
-                             f"widths like [256], got {hidden!r}")
+                             f"widths like [256], got {shown(hidden)}")
     return list(hidden)  # type: ignore[arg-type]
 
 
@@ -220,7 +221,7 @@ def replace_head(model: nn.Module, num_classes: int, hidden: list[int] | None = 
 def _check_mode(mode: object) -> str:
     if mode not in MODES:
         hint = did_you_mean(mode, MODES) if isinstance(mode, str) else ""
-        raise PoisonlabError(f"unknown transfer mode {mode!r}{hint}; use one of {', '.join(MODES)}")
+        raise PoisonlabError(f"unknown transfer mode {shown(mode)}{hint}; use one of {', '.join(MODES)}")
     return mode  # type: ignore[return-value]
 
 
@@ -245,7 +246,7 @@ def build_student(teacher: nn.Module, num_classes: int, mode: Mode = "feature-ex
 
 def _check_k(k: object) -> float:
     if isinstance(k, bool) or not isinstance(k, (int, float)) or not math.isfinite(k) or k <= 0:
-        raise PoisonlabError(f"strengthening factor k must be a finite number > 0, got {k!r}")
+        raise PoisonlabError(f"strengthening factor k must be a finite number > 0, got {shown(k)}")
     return float(k)
 
 
@@ -264,7 +265,7 @@ def _channel_list(channels: object) -> list[int]:
     ok = isinstance(channels, (list, tuple)) and len(channels) > 0 and all(
         isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in channels)
     if not ok:
-        raise PoisonlabError(f"channels must be a non-empty list of channel indices >= 0, got {channels!r}")
+        raise PoisonlabError(f"channels must be a non-empty list of channel indices >= 0, got {shown(channels)}")
     if len(set(channels)) != len(channels):  # type: ignore[arg-type]
         raise PoisonlabError(f"channels must be distinct, got {list(channels)}")  # type: ignore[call-overload]
     return list(channels)  # type: ignore[call-overload]
@@ -309,6 +310,10 @@ def strengthen(model: nn.Module, layer: str, channels: list[int], k: float, incl
 # ----------------------------------------------------------------------------- config + training
 
 
+MAX_FACTORS = 100
+MAX_K = 1e6
+
+
 @dataclass
 class TransferConfig:
     """``transfer:`` settings for the BadNets Sec. 5 experiment.
@@ -343,31 +348,40 @@ class TransferConfig:
         except PoisonlabError as e:
             raise PoisonlabError(f"transfer.mode: {e}") from None
         if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
-            raise PoisonlabError(f"transfer.epochs must be a whole number >= 1, got {self.epochs!r}")
+            raise PoisonlabError(f"transfer.epochs must be a whole number >= 1, got {shown(self.epochs)}")
         if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not (0 < self.lr < math.inf):
-            raise PoisonlabError(f"transfer.lr must be a finite number > 0, got {self.lr!r}")
+            raise PoisonlabError(f"transfer.lr must be a finite number > 0, got {shown(self.lr)}")
+        need_int(self.epochs, "transfer.epochs", 1, MAX_EPOCHS)
+        need_number(self.lr, "transfer.lr", 0, MAX_LR, low_open=True)
         _check_hidden(self.hidden, "transfer.hidden")
+        if self.hidden is not None:
+            check_model_options({"hidden": self.hidden}, "transfer")
+        if isinstance(self.strengthen_k, (list, tuple)) and len(self.strengthen_k) > MAX_FACTORS:
+            raise PoisonlabError(f"transfer.strengthen_k lists {len(self.strengthen_k)} factors; at most {MAX_FACTORS}")
         if not isinstance(self.strengthen_k, (list, tuple)) or not self.strengthen_k:
             raise PoisonlabError(f"transfer.strengthen_k must be a non-empty list of factors like [1, 10, 20], "
-                                 f"got {self.strengthen_k!r}")
+                                 f"got {shown(self.strengthen_k)}")
         for k in self.strengthen_k:
             try:
                 _check_k(k)
             except PoisonlabError:
-                raise PoisonlabError(f"transfer.strengthen_k: every factor must be a finite number > 0, got {k!r}") from None
+                raise PoisonlabError(f"transfer.strengthen_k: every factor must be a finite number > 0, got {shown(k)}") from None
+            need_number(k, "transfer.strengthen_k", 0, MAX_K, low_open=True, what="every factor")
         if self.strengthen_layer is not None and (not isinstance(self.strengthen_layer, str) or not self.strengthen_layer):
-            raise PoisonlabError(f"transfer.strengthen_layer must be a layer name or null, got {self.strengthen_layer!r}")
+            raise PoisonlabError(f"transfer.strengthen_layer must be a layer name or null, got {shown(self.strengthen_layer)}")
         if self.strengthen_channels is not None:
             try:
                 _channel_list(self.strengthen_channels)
             except PoisonlabError:
                 raise PoisonlabError(f"transfer.strengthen_channels must be null or a non-empty list of distinct "
-                                     f"channel indices >= 0, got {self.strengthen_channels!r}") from None
+                                     f"channel indices >= 0, got {shown(self.strengthen_channels)}") from None
+            for c in self.strengthen_channels:
+                need_int(c, "transfer.strengthen_channels", 0, MAX_COUNT, "channel indices")
         if self.task not in ("swedish", "same"):
-            raise PoisonlabError(f"transfer.task must be 'swedish' or 'same', got {self.task!r}")
+            raise PoisonlabError(f"transfer.task must be 'swedish' or 'same', got {shown(self.task)}")
         tf = self.teacher_fraction
         if isinstance(tf, bool) or not isinstance(tf, (int, float)) or not 0 < tf < 1:
-            raise PoisonlabError(f"transfer.teacher_fraction must be a number in (0, 1), got {tf!r}")
+            raise PoisonlabError(f"transfer.teacher_fraction must be a number in (0, 1), got {shown(tf)}")
 
     def train_config(self, base: TrainConfig | None = None) -> TrainConfig:
         """The student's :class:`TrainConfig`: ``base`` (default settings if None) with this epochs and lr."""

@@ -23,9 +23,14 @@ import torch
 
 from ..config import from_dict
 from ..data.base import Dataset
-from ..errors import PoisonlabError
+from ..checks import is_number, need_int
+from ..errors import PoisonlabError, shown
 from ..triggers import Trigger, build_trigger
 from .base import ATTACKS, AttackTestSet, PoisonResult
+
+
+MAX_CLASSES = 100_000
+"""Class indices in an attack config are in 0..MAX_CLASSES (the data set's own range is checked later)."""
 
 
 @dataclass
@@ -55,8 +60,14 @@ class BadNets:
     name = "badnets"
 
     def __init__(self, cfg: BadNetsConfig) -> None:
-        if not 0 < cfg.p <= 1:
-            raise PoisonlabError(f"attack.p must be in (0, 1], got {cfg.p}")
+        if not (is_number(cfg.p) and 0 < cfg.p <= 1):
+            raise PoisonlabError(f"attack.p must be in (0, 1], got {shown(cfg.p)}")
+        need_int(cfg.target, "attack.target", 0, MAX_CLASSES, "a class index")
+        sources = cfg.source if isinstance(cfg.source, list) else [] if cfg.source is None else [cfg.source]
+        if len(sources) > MAX_CLASSES:
+            raise PoisonlabError(f"attack.source lists {len(sources)} classes; at most {MAX_CLASSES}")
+        for s in sources:
+            need_int(s, "attack.source", 0, MAX_CLASSES, "a class index")
         self.cfg = cfg
         self.trigger: Trigger = build_trigger(cfg.trigger)
 

@@ -51,7 +51,8 @@ from ..defenses.pruning import (
     pruning_curve,
     resolve_layer,
 )
-from ..errors import PoisonlabError
+from ..checks import MAX_BATCH, is_number, is_whole, need_int, need_number
+from ..errors import PoisonlabError, shown
 from ..models.layers import get_layer
 from ..train import TrainConfig, seed_everything, train_model
 
@@ -78,18 +79,21 @@ class PruningAwareConfig:
 
     def validate(self) -> None:
         if self.prune not in ("val-drop", "fraction"):
-            raise PoisonlabError(f"pruning-aware prune must be 'val-drop' or 'fraction', got {self.prune!r}")
+            raise PoisonlabError(f"pruning-aware prune must be 'val-drop' or 'fraction', got {shown(self.prune)}")
         check_max_drop(self.max_drop, "pruning-aware max_drop")
         check_step(self.step, "pruning-aware step")
-        if not 0 < self.fraction <= 1:
-            raise PoisonlabError(f"pruning-aware fraction must be in (0, 1], got {self.fraction}")
-        if self.bias_margin < 0:
+        if not (is_number(self.fraction) and 0 < self.fraction <= 1):
+            raise PoisonlabError(f"pruning-aware fraction must be in (0, 1], got {shown(self.fraction)}")
+        if is_number(self.bias_margin) and self.bias_margin < 0:
             raise PoisonlabError(f"pruning-aware bias_margin must be >= 0, got {self.bias_margin}")
-        if self.max_bias_rounds < 1:
+        need_number(self.bias_margin, "pruning_aware.bias_margin", 0, 1e6)
+        if is_whole(self.max_bias_rounds) and self.max_bias_rounds < 1:
             raise PoisonlabError(f"pruning-aware max_bias_rounds must be >= 1, got {self.max_bias_rounds}")
+        need_int(self.max_bias_rounds, "pruning_aware.max_bias_rounds", 1, 1000)
+        need_int(self.eval_batch_size, "pruning_aware.eval_batch_size", 1, MAX_BATCH)
         self.train.validate()
         if self.retrain is not None:
-            self.retrain.validate()
+            self.retrain.validate("pruning_aware.retrain")
 
 
 def _choose_dormant(model: nn.Module, layer: str, val: Dataset | None, cfg: PruningAwareConfig,
@@ -197,7 +201,7 @@ def pruning_aware_config(raw: dict[str, Any] | None, train: TrainConfig) -> Prun
                              "pruning_aware.retrain")
     retrain = data.pop("retrain", None)
     if retrain is not None and not isinstance(retrain, dict):
-        raise PoisonlabError(f"pruning_aware.retrain must be a mapping of train: keys, got {retrain!r}")
+        raise PoisonlabError(f"pruning_aware.retrain must be a mapping of train: keys, got {shown(retrain)}")
     cfg = from_dict(PruningAwareConfig, data, "pruning_aware")
     cfg.train = train
     if retrain:

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from ..checks import is_number
-from ..errors import PoisonlabError, did_you_mean
+from ..errors import PoisonlabError, did_you_mean, shown
 from .filtering import FilterResult, check_representations
 
 __all__ = ["MIN_VALIDATION_ROWS", "REDUCTIONS", "RULES", "activation_clustering", "exclusionary_reclassification"]
@@ -118,25 +118,25 @@ def activation_clustering(reprs: np.ndarray, labels: np.ndarray, dims: int = 10,
     ``flagged_cluster`` (0, 1 or -1).
     """
     if isinstance(dims, bool) or not isinstance(dims, (int, np.integer)) or dims < 1:
-        raise PoisonlabError(f"dims must be a positive integer (the paper uses 10), got {dims!r}")
+        raise PoisonlabError(f"dims must be a positive integer (the paper uses 10), got {shown(dims)}")
     if reduce not in REDUCTIONS:
-        raise PoisonlabError(f"unknown reduce {reduce!r}{did_you_mean(str(reduce), REDUCTIONS)}; "
+        raise PoisonlabError(f"unknown reduce {shown(reduce)}{did_you_mean(str(reduce), REDUCTIONS)}; "
                              f"choose one of {', '.join(REDUCTIONS)}")
     if rule not in RULES:
-        raise PoisonlabError(f"unknown rule {rule!r}{did_you_mean(str(rule), RULES)}; choose one of {', '.join(RULES)}")
+        raise PoisonlabError(f"unknown rule {shown(rule)}{did_you_mean(str(rule), RULES)}; choose one of {', '.join(RULES)}")
     if not is_number(size_threshold) or not 0 < float(size_threshold) < 1:
-        raise PoisonlabError(f"size_threshold must be in (0, 1), got {size_threshold!r}")
+        raise PoisonlabError(f"size_threshold must be in (0, 1), got {shown(size_threshold)}")
     if not is_number(silhouette_threshold) or not -1 <= float(silhouette_threshold) <= 1:
-        raise PoisonlabError(f"silhouette_threshold must be in [-1, 1], got {silhouette_threshold!r}")
+        raise PoisonlabError(f"silhouette_threshold must be in [-1, 1], got {shown(silhouette_threshold)}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2 ** 32:
-        raise PoisonlabError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+        raise PoisonlabError(f"seed must be an integer in [0, 2**32), got {shown(seed)}")
     xv = yv = None
     if rule == "validation":
         if val_reprs is None or val_labels is None:
             raise PoisonlabError("rule 'validation' needs the clean validation rows' representations and labels "
                                  "(val_reprs, val_labels); set data.val_fraction > 0")
         if not is_number(validation_ratio) or not 0 < float(validation_ratio) <= 1:
-            raise PoisonlabError(f"validation_ratio must be in (0, 1], got {validation_ratio!r}")
+            raise PoisonlabError(f"validation_ratio must be in (0, 1], got {shown(validation_ratio)}")
         xv, yv = check_representations(val_reprs, val_labels)
     x, y = check_representations(reprs, labels)
     if xv is not None and xv.shape[1] != x.shape[1]:
@@ -223,9 +223,9 @@ def exclusionary_reclassification(flagged_cluster_pred: np.ndarray, cluster_labe
     if len(pred) == 0:
         raise PoisonlabError("flagged_cluster_pred is empty: the cluster has no rows to reclassify")
     if isinstance(cluster_label, bool) or not isinstance(cluster_label, (int, np.integer)):
-        raise PoisonlabError(f"cluster_label must be a class index, got {cluster_label!r}")
+        raise PoisonlabError(f"cluster_label must be a class index, got {shown(cluster_label)}")
     if not is_number(threshold) or float(threshold) < 0:
-        raise PoisonlabError(f"threshold must be a non-negative number, got {threshold!r}")
+        raise PoisonlabError(f"threshold must be a non-negative number, got {shown(threshold)}")
     own = pred == cluster_label
     l_count = int(own.sum())
     _, other_counts = np.unique(pred[~own], return_counts=True)

@@ -54,7 +54,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
-from ..errors import PoisonlabError
+from ..errors import PoisonlabError, shown
 
 __all__ = ["SmoothedRidge", "certified_accuracy_curve", "certified_flips", "certified_radius", "certify",
            "curve_from_radii", "failure_bound", "ridge_alpha", "smoothed_prediction"]
@@ -74,13 +74,13 @@ def _array(a: object, name: str) -> np.ndarray:
 
 def _check_q(q: object) -> float:
     if isinstance(q, bool) or not isinstance(q, numbers.Real) or not 0 <= float(q) < 0.5:
-        raise PoisonlabError(f"q (label-flip probability of the smoothing) must be in [0, 0.5), got {q!r}")
+        raise PoisonlabError(f"q (label-flip probability of the smoothing) must be in [0, 0.5), got {shown(q)}")
     return float(q)
 
 
 def _check_lam(lam: object) -> float:
     if isinstance(lam, bool) or not isinstance(lam, numbers.Real) or not math.isfinite(float(lam)) or float(lam) < 0:
-        raise PoisonlabError(f"lam (ridge penalty) must be a finite number >= 0, got {lam!r}")
+        raise PoisonlabError(f"lam (ridge penalty) must be a finite number >= 0, got {shown(lam)}")
     return float(lam)
 
 
@@ -275,9 +275,9 @@ def failure_bound(alpha: object, y: object, q: float, label: int, r: int = 0) ->
     a, yy = _check_alpha_y(alpha, y)
     q = _check_q(q)
     if label not in (0, 1) or isinstance(label, bool):
-        raise PoisonlabError(f"label must be 0 or 1, got {label!r}")
+        raise PoisonlabError(f"label must be 0 or 1, got {shown(label)}")
     if isinstance(r, bool) or not isinstance(r, numbers.Integral) or r < 0:
-        raise PoisonlabError(f"r (number of flipped labels) must be an integer >= 0, got {r!r}")
+        raise PoisonlabError(f"r (number of flipped labels) must be an integer >= 0, got {shown(r)}")
     if q == 0:
         margin = _deterministic_margin(a, yy, int(label), int(r))
         # class 1 fails when score <= 1/2; class 0 fails when score > 1/2
@@ -313,7 +313,7 @@ def certified_flips(alpha: object, y: object, q: float, max_r: int | None = None
     n = len(a)
     cap = n if max_r is None else max_r
     if isinstance(cap, bool) or not isinstance(cap, numbers.Integral) or cap < 0:
-        raise PoisonlabError(f"max_r must be an integer >= 0, got {max_r!r}")
+        raise PoisonlabError(f"max_r must be an integer >= 0, got {shown(max_r)}")
     cap = min(int(cap), n)
     prob, label = smoothed_prediction(a, yy, q)
     if not prob > 0.5:
@@ -339,7 +339,7 @@ def _largest_certified(a: np.ndarray, yy: np.ndarray, q: float, label: int, cap:
 
 def _check_r(r: object, name: str = "r") -> int:
     if isinstance(r, bool) or not isinstance(r, numbers.Integral) or r < 0:
-        raise PoisonlabError(f"{name} (number of flipped labels) must be an integer >= 0, got {r!r}")
+        raise PoisonlabError(f"{name} (number of flipped labels) must be an integer >= 0, got {shown(r)}")
     return int(r)
 
 
@@ -398,7 +398,7 @@ class SmoothedRidge:
         self.lam = _check_lam(lam)
         self.intercept = bool(intercept)
         if isinstance(chunk, bool) or not isinstance(chunk, numbers.Integral) or chunk < 1:
-            raise PoisonlabError(f"chunk must be an integer >= 1, got {chunk!r}")
+            raise PoisonlabError(f"chunk must be an integer >= 1, got {shown(chunk)}")
         self.chunk = int(chunk)
         self.X_: np.ndarray | None = None
         self.y_: np.ndarray | None = None
@@ -503,7 +503,7 @@ def certified_accuracy_curve(X_train: object, y_train: object, X_test: object, y
     ys = _check_labels(y_test, Xs.shape[0], "y_test")
     q = _check_q(q)
     if isinstance(max_r, bool) or not isinstance(max_r, numbers.Integral) or max_r < 0:
-        raise PoisonlabError(f"max_r must be an integer >= 0, got {max_r!r}")
+        raise PoisonlabError(f"max_r must be an integer >= 0, got {shown(max_r)}")
     alphas = ridge_alpha(X, Xs, lam)
     radius = np.empty(len(ys), dtype=np.int64)
     correct = np.empty(len(ys), dtype=bool)

@@ -25,7 +25,8 @@ import torch
 from torch import nn
 
 from ..data.base import Dataset
-from ..errors import PoisonlabError
+from ..checks import MAX_BATCH, is_number, need_int, need_number
+from ..errors import PoisonlabError, shown
 from .activation_clustering import activation_clustering, exclusionary_reclassification
 from .filtering import FilterResult, detection_metrics, representations
 from .pruning import DefenseOutcome, check_label
@@ -43,6 +44,9 @@ class FilterContext:
     target: int | None = None
     val: Dataset | None = None
     """The clean validation split (the ``validation`` rules read it; nothing else does)."""
+
+
+MAX_DIMS = 10_000
 
 
 @dataclass
@@ -64,13 +68,14 @@ class SpectralConfig:
 
     def validate(self) -> None:
         check_label(self.label)
-        if not 0 <= self.false_removal_rate < 1:
-            raise PoisonlabError(f"defense.false_removal_rate must be in [0, 1) (the share of clean validation rows "
-                                 f"the threshold may remove), got {self.false_removal_rate}")
-        if not 0 < self.epsilon < 1:
-            raise PoisonlabError(f"defense.epsilon must be in (0, 1) (the assumed poison rate), got {self.epsilon}")
-        if not self.removal_factor > 0:
+        need_number(self.false_removal_rate, "defense.false_removal_rate", 0, 1, high_open=True,
+                    what="the share of clean validation rows the threshold may remove")
+        need_number(self.epsilon, "defense.epsilon", 0, 1, low_open=True, high_open=True,
+                    what="the assumed poison rate")
+        if is_number(self.removal_factor) and not self.removal_factor > 0:
             raise PoisonlabError(f"defense.removal_factor must be > 0, got {self.removal_factor}")
+        need_number(self.removal_factor, "defense.removal_factor", 0, 100, low_open=True)
+        need_int(self.batch_size, "defense.batch_size", 1, MAX_BATCH)
 
 
 @dataclass
@@ -97,17 +102,19 @@ class ActivationClusteringConfig:
 
     def validate(self) -> None:
         check_label(self.label)
-        if self.dims < 1:
+        if is_number(self.dims) and self.dims < 1:
             raise PoisonlabError(f"defense.dims must be >= 1, got {self.dims}")
-        if not 0 < self.size_threshold < 1:
-            raise PoisonlabError(f"defense.size_threshold must be in (0, 1), got {self.size_threshold}")
-        if not self.exclusionary_threshold >= 0:
+        need_int(self.dims, "defense.dims", 1, MAX_DIMS, "dimensions kept per class")
+        need_number(self.size_threshold, "defense.size_threshold", 0, 1, low_open=True, high_open=True)
+        need_number(self.silhouette_threshold, "defense.silhouette_threshold", -1, 1)
+        if not (is_number(self.exclusionary_threshold) and self.exclusionary_threshold >= 0):
             raise PoisonlabError(f"defense.exclusionary_threshold must be >= 0 (the own-label count must exceed this "
-                                 f"times the largest other-class count), got {self.exclusionary_threshold}")
-        if not 0 < self.validation_ratio <= 1:
-            raise PoisonlabError(f"defense.validation_ratio must be in (0, 1] (a cluster is flagged when its share of "
-                                 f"validation rows is below this times its share of training rows), "
-                                 f"got {self.validation_ratio}")
+                                 f"times the largest other-class count), got {shown(self.exclusionary_threshold)}")
+        need_number(self.exclusionary_threshold, "defense.exclusionary_threshold", 0, 1e6)
+        need_number(self.validation_ratio, "defense.validation_ratio", 0, 1, low_open=True,
+                    what="a cluster is flagged when its share of validation rows is below this times its share "
+                         "of training rows")
+        need_int(self.batch_size, "defense.batch_size", 1, MAX_BATCH)
 
 
 Decide = Callable[[np.ndarray, np.ndarray, "np.ndarray | None", "np.ndarray | None"], FilterResult]

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..data.base import Dataset
-from ..errors import PoisonlabError
+from ..errors import PoisonlabError, shown
 
 __all__ = ["FilterResult", "check_representations", "detection_metrics", "representations"]
 
@@ -137,7 +137,7 @@ def detection_metrics(remove: Any, poison_mask: Any, y: Any, num_classes: int) -
     (0.5, 0.5, 0.5, [1.0, 0.0])
     """
     if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
-        raise PoisonlabError(f"num_classes must be a positive integer, got {num_classes!r}")
+        raise PoisonlabError(f"num_classes must be a positive integer, got {shown(num_classes)}")
     rem = _bool_mask(remove, "remove")
     poi = _bool_mask(poison_mask, "poison_mask")
     lab = _int_labels(y, "y")
@@ -191,7 +191,7 @@ def representations(model: nn.Module, x: torch.Tensor | Dataset, layer: str | No
     if not isinstance(x, torch.Tensor):
         raise PoisonlabError(f"x must be a tensor or a Dataset, got {type(x).__name__}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise PoisonlabError(f"batch_size must be a positive integer, got {batch_size!r}")
+        raise PoisonlabError(f"batch_size must be a positive integer, got {shown(batch_size)}")
     if len(x) == 0:
         raise PoisonlabError("no rows to compute representations of: x is empty")
     if layer == "auto":

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.base import Dataset, as_image_batch
-from ..errors import PoisonlabError
+from ..errors import PoisonlabError, shown
 
 __all__ = ["MAD_CONSTANT", "NeuralCleanseResult", "anomaly_indices", "neural_cleanse", "reverse_engineer_trigger"]
 
@@ -53,15 +53,15 @@ def _images(x: Any, name: str) -> torch.Tensor:
 
 def _check_params(steps: int, lr: float, lam: float, batch_size: int, seed: int) -> None:
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-        raise PoisonlabError(f"Neural Cleanse steps must be a whole number >= 1, got {steps!r}")
+        raise PoisonlabError(f"Neural Cleanse steps must be a whole number >= 1, got {shown(steps)}")
     if not lr > 0:
-        raise PoisonlabError(f"Neural Cleanse lr must be > 0, got {lr!r}")
+        raise PoisonlabError(f"Neural Cleanse lr must be > 0, got {shown(lr)}")
     if not lam >= 0:
-        raise PoisonlabError(f"Neural Cleanse lam (the mask-norm weight) must be >= 0, got {lam!r}")
+        raise PoisonlabError(f"Neural Cleanse lam (the mask-norm weight) must be >= 0, got {shown(lam)}")
     if batch_size < 1:
         raise PoisonlabError(f"Neural Cleanse batch_size must be >= 1, got {batch_size}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise PoisonlabError(f"Neural Cleanse seed must be a whole number >= 0, got {seed!r}")
+        raise PoisonlabError(f"Neural Cleanse seed must be a whole number >= 0, got {shown(seed)}")
 
 
 def reverse_engineer_trigger(model: nn.Module, x_clean: torch.Tensor | Dataset, target: int, steps: int = 300,
@@ -77,7 +77,7 @@ def reverse_engineer_trigger(model: nn.Module, x_clean: torch.Tensor | Dataset, 
     xs = _images(x_clean, "x_clean")
     _check_params(steps, lr, lam, batch_size, seed)
     if isinstance(target, bool) or not isinstance(target, (int, np.integer)) or target < 0:
-        raise PoisonlabError(f"Neural Cleanse target must be a class index >= 0, got {target!r}")
+        raise PoisonlabError(f"Neural Cleanse target must be a class index >= 0, got {shown(target)}")
     device = torch.device(device)
     _, c, h, w = xs.shape
     torch_seed = int(np.random.default_rng([seed, _STREAM_TAG]).integers(2**62))
@@ -159,7 +159,7 @@ def neural_cleanse(model: nn.Module, x_clean: torch.Tensor | Dataset, num_classe
     xs = _images(x_clean, "x_clean")
     _check_params(steps, lr, lam, batch_size, seed)
     if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
-        raise PoisonlabError(f"Neural Cleanse needs num_classes >= 2 to compare labels, got {num_classes!r}")
+        raise PoisonlabError(f"Neural Cleanse needs num_classes >= 2 to compare labels, got {shown(num_classes)}")
     masks, patterns, success = [], [], []
     for t in range(int(num_classes)):
         m, p, s = reverse_engineer_trigger(model, xs, t, steps, lr, lam, seed, batch_size, device)

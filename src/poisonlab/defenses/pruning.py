@@ -55,7 +55,8 @@ from torch import nn
 from .. import progress
 from ..attacks.base import AttackTestSet
 from ..data.base import Dataset
-from ..errors import PoisonlabError
+from ..checks import MAX_BATCH, MAX_COUNT, MAX_EPOCHS, MAX_LR, need_int, need_number
+from ..errors import PoisonlabError, shown
 from ..metrics import accuracy
 from ..models.layers import conv_layers, get_layer
 from ..report import to_csv
@@ -85,7 +86,7 @@ def hidden_linear_layers(model: nn.Module) -> list[str]:
 def _check_kind(kind: str) -> None:
     if kind not in ("conv", "linear"):
         raise PoisonlabError(f"kind must be 'conv' (Conv2d channels) or 'linear' (hidden units of a Linear layer), "
-                             f"got {kind!r}")
+                             f"got {shown(kind)}")
 
 
 def _width(module: nn.Module) -> int:
@@ -664,7 +665,13 @@ class FinePruningConfig:
         check_label(self.label)
         check_max_drop(self.max_drop)
         check_step(self.step)
-        self.fine_tune_config().validate()
+        need_int(self.fine_tune_epochs, "defense.fine_tune_epochs", 1, MAX_EPOCHS)
+        need_number(self.fine_tune_lr, "defense.fine_tune_lr", 0, MAX_LR, low_open=True)
+        need_number(self.fine_tune_momentum, "defense.fine_tune_momentum", 0, 1, high_open=True)
+        need_number(self.fine_tune_weight_decay, "defense.fine_tune_weight_decay", 0, 1)
+        need_int(self.batch_size, "defense.batch_size", 1, MAX_BATCH)
+        need_int(self.eval_batch_size, "defense.eval_batch_size", 1, MAX_BATCH)
+        self.fine_tune_config().validate("defense.fine_tune")
         if model is not None:
             layer = resolve_layer(model, self.layer)
             activation_point(model, layer, self.mask_at)
@@ -680,8 +687,8 @@ def check_label(label: str | None) -> None:
     """One-line error unless ``label`` is null or a short name of letters, digits, ``-``, ``_``, ``.``."""
     import re
 
-    if label is not None and not re.fullmatch(r"[A-Za-z0-9_.-]{1,40}", label):
-        raise PoisonlabError(f"defense.label must be 1-40 letters, digits, '-', '_' or '.', got {label!r} "
+    if label is not None and not (isinstance(label, str) and re.fullmatch(r"[A-Za-z0-9_.-]{1,40}", label)):
+        raise PoisonlabError(f"defense.label must be 1-40 letters, digits, '-', '_' or '.', got {shown(label)} "
                              f"(it names the table row and the curve files)")
 
 
@@ -689,15 +696,17 @@ def check_max_drop(max_drop: float, where: str = "defense.max_drop") -> None:
     """One-line error unless ``max_drop`` is a number in [0, 1)."""
     if isinstance(max_drop, bool) or not isinstance(max_drop, (int, float)) or not 0 <= max_drop < 1:
         raise PoisonlabError(f"{where} must be in [0, 1) (a drop in validation accuracy, 0.04 = 4 points), "
-                             f"got {max_drop!r}")
+                             f"got {shown(max_drop)}")
 
 
 def check_step(step: int | float, where: str = "defense.step") -> None:
-    """One-line error unless ``step`` is an int >= 1 or a float in (0, 1]."""
+    """One-line error unless ``step`` is an int in 1..1000000 or a float in (0, 1]."""
     if isinstance(step, bool) or not isinstance(step, (int, float)):
-        raise PoisonlabError(f"{where} must be a number of channels or a fraction, got {step!r}")
+        raise PoisonlabError(f"{where} must be a number of channels or a fraction, got {shown(step)}")
     if isinstance(step, int) and step < 1:
         raise PoisonlabError(f"{where} must be >= 1 channel, got {step}")
+    if isinstance(step, int) and step > MAX_COUNT:
+        raise PoisonlabError(f"{where} must be at most {MAX_COUNT} channels (1..{MAX_COUNT}), got {shown(step)}")
     if isinstance(step, float) and not 0 < step <= 1:
         raise PoisonlabError(f"{where} as a fraction of the layer must be in (0, 1], got {step}")
 

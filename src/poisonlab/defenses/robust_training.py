@@ -42,7 +42,7 @@ from torch.nn import functional as F
 
 from ..checks import is_whole
 from ..data.base import Dataset
-from ..errors import PoisonlabError
+from ..errors import PoisonlabError, shown
 from ..train import predict_logits
 
 __all__ = [
@@ -65,7 +65,7 @@ GradFn = Callable[[nn.Module, np.ndarray], np.ndarray]
 
 def _check_rows(n_rows: object) -> int:
     if not is_whole(n_rows) or int(n_rows) < 1:  # type: ignore[arg-type]
-        raise PoisonlabError(f"n_rows must be an integer >= 1, got {n_rows!r}")
+        raise PoisonlabError(f"n_rows must be an integer >= 1, got {shown(n_rows)}")
     return int(n_rows)  # type: ignore[arg-type]
 
 
@@ -127,9 +127,9 @@ def trim(fit: FitFn, losses: LossFn, n_rows: int, keep: int, max_iters: int = 10
     """
     n = _check_rows(n_rows)
     if not is_whole(keep) or not 1 <= int(keep) <= n:
-        raise PoisonlabError(f"keep must be an integer in 1..{n} (rows to keep), got {keep!r}")
+        raise PoisonlabError(f"keep must be an integer in 1..{n} (rows to keep), got {shown(keep)}")
     if not is_whole(max_iters) or int(max_iters) < 1:
-        raise PoisonlabError(f"max_iters must be an integer >= 1, got {max_iters!r}")
+        raise PoisonlabError(f"max_iters must be an integer >= 1, got {shown(max_iters)}")
     k = int(keep)
     current = np.arange(n, dtype=np.int64)
     changes: list[int] = []
@@ -164,7 +164,7 @@ def per_row_cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor | n
     if len(yt) != len(x):
         raise PoisonlabError(f"x has {len(x)} rows but y has {len(yt)}")
     if not is_whole(batch_size) or batch_size < 1:
-        raise PoisonlabError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        raise PoisonlabError(f"batch_size must be an integer >= 1, got {shown(batch_size)}")
     if len(x) == 0:
         return np.zeros(0)
     logits = predict_logits(model, x, batch_size, desc="losses").double()
@@ -215,16 +215,16 @@ def sever(fit: FitFn, gradients: GradFn, n_rows: int, remove_per_round: float | 
     """
     n = _check_rows(n_rows)
     if not is_whole(rounds) or int(rounds) < 1:
-        raise PoisonlabError(f"rounds must be an integer >= 1, got {rounds!r}")
+        raise PoisonlabError(f"rounds must be an integer >= 1, got {shown(rounds)}")
     if is_whole(remove_per_round):
         if int(remove_per_round) < 1:  # type: ignore[arg-type]
-            raise PoisonlabError(f"remove_per_round as a count must be >= 1, got {remove_per_round!r}")
+            raise PoisonlabError(f"remove_per_round as a count must be >= 1, got {shown(remove_per_round)}")
         if int(remove_per_round) * int(rounds) >= n:  # type: ignore[arg-type]
             raise PoisonlabError(f"removing {remove_per_round} rows in each of {rounds} rounds would remove all "
                                  f"{n} rows; lower remove_per_round or rounds")
     elif isinstance(remove_per_round, bool) or not isinstance(remove_per_round, numbers.Real) \
             or not 0 < float(remove_per_round) < 1:
-        raise PoisonlabError(f"remove_per_round must be a count >= 1 or a share in (0, 1), got {remove_per_round!r}")
+        raise PoisonlabError(f"remove_per_round must be a count >= 1 or a share in (0, 1), got {shown(remove_per_round)}")
     current = np.arange(n, dtype=np.int64)
     removed_per_round: list[np.ndarray] = []
     singular: list[float] = []
@@ -281,7 +281,7 @@ def last_layer_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor | np
     if len(yt) != len(x):
         raise PoisonlabError(f"x has {len(x)} rows but y has {len(yt)}")
     if not is_whole(batch_size) or batch_size < 1:
-        raise PoisonlabError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        raise PoisonlabError(f"batch_size must be an integer >= 1, got {shown(batch_size)}")
     layer = last_linear(model)
     width = layer.out_features * layer.in_features + (layer.out_features if layer.bias is not None else 0)
     if len(yt) and (int(yt.min()) < 0 or int(yt.max()) >= layer.out_features):

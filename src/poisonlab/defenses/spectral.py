@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import PoisonlabError, did_you_mean
+from ..errors import PoisonlabError, did_you_mean, shown
 from .filtering import FilterResult, check_representations
 
 __all__ = ["MIN_VALIDATION_ROWS", "RULES", "spectral_signatures", "top_singular_direction", "validation_threshold"]
@@ -71,14 +71,14 @@ def validation_threshold(val_scores: np.ndarray, false_removal_rate: float) -> f
 def _check_rule(rule: str, val_reprs: np.ndarray | None, val_labels: np.ndarray | None,
                 false_removal_rate: float) -> None:
     if rule not in RULES:
-        raise PoisonlabError(f"unknown rule {rule!r}{did_you_mean(str(rule), RULES)}; choose one of {', '.join(RULES)}")
+        raise PoisonlabError(f"unknown rule {shown(rule)}{did_you_mean(str(rule), RULES)}; choose one of {', '.join(RULES)}")
     if rule == "validation":
         if val_reprs is None or val_labels is None:
             raise PoisonlabError("rule 'validation' needs the clean validation rows' representations and labels "
                                  "(val_reprs, val_labels); set data.val_fraction > 0")
         if isinstance(false_removal_rate, bool) or not isinstance(false_removal_rate, (int, float, np.number)) \
                 or not 0 <= float(false_removal_rate) < 1:
-            raise PoisonlabError(f"false_removal_rate must be in [0, 1), got {false_removal_rate!r}")
+            raise PoisonlabError(f"false_removal_rate must be in [0, 1), got {shown(false_removal_rate)}")
 
 
 def spectral_signatures(reprs: np.ndarray, labels: np.ndarray, epsilon: float = 0.1,
@@ -98,10 +98,10 @@ def spectral_signatures(reprs: np.ndarray, labels: np.ndarray, epsilon: float = 
     _check_rule(rule, val_reprs, val_labels, false_removal_rate)
     if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float, np.number)) \
             or not 0 < float(epsilon) < 1:
-        raise PoisonlabError(f"epsilon (assumed poison rate) must be in (0, 1), got {epsilon!r}")
+        raise PoisonlabError(f"epsilon (assumed poison rate) must be in (0, 1), got {shown(epsilon)}")
     if isinstance(removal_factor, bool) or not isinstance(removal_factor, (int, float, np.number)) \
             or not math.isfinite(float(removal_factor)) or float(removal_factor) <= 0:
-        raise PoisonlabError(f"removal_factor must be a positive number (the paper uses 1.5), got {removal_factor!r}")
+        raise PoisonlabError(f"removal_factor must be a positive number (the paper uses 1.5), got {shown(removal_factor)}")
     x, y = check_representations(reprs, labels)
     xv = yv = None
     if rule == "validation":

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..data.base import Dataset, as_image_batch
-from ..errors import PoisonlabError
+from ..errors import PoisonlabError, shown
 
 __all__ = ["StripResult", "detection_summary", "fit_threshold", "run_strip", "strip_detect", "strip_entropy"]
 
@@ -42,7 +42,7 @@ def _images(x: Any, name: str) -> torch.Tensor:
 
 def _check_frr(frr: float) -> None:
     if isinstance(frr, bool) or not isinstance(frr, numbers.Real) or not 0 < frr < 1:
-        raise PoisonlabError(f"STRIP frr (the false-rejection rate on clean inputs) must be in (0, 1), got {frr!r}")
+        raise PoisonlabError(f"STRIP frr (the false-rejection rate on clean inputs) must be in (0, 1), got {shown(frr)}")
 
 
 def _blend_indices(n: int, pool: int, n_overlays: int, seed: int) -> np.ndarray:
@@ -69,18 +69,18 @@ def strip_entropy(model: nn.Module, x: torch.Tensor | Dataset, clean_pool: torch
     xs = _images(x, "x")
     pool = _images(clean_pool, "clean_pool")
     if isinstance(n_overlays, bool) or not isinstance(n_overlays, (int, np.integer)) or n_overlays < 1:
-        raise PoisonlabError(f"STRIP n_overlays must be a whole number >= 1, got {n_overlays!r}")
+        raise PoisonlabError(f"STRIP n_overlays must be a whole number >= 1, got {shown(n_overlays)}")
     if len(pool) == 0:
         raise PoisonlabError("STRIP needs a non-empty clean pool of held-out images to overlay; got 0 images")
     if tuple(pool.shape[1:]) != tuple(xs.shape[1:]):
         raise PoisonlabError(f"the clean pool's images are {tuple(pool.shape[1:])} but the inputs are "
                              f"{tuple(xs.shape[1:])}; give images of the same shape")
     if isinstance(alpha, bool) or not (isinstance(alpha, numbers.Real) and 0 < alpha < 1):
-        raise PoisonlabError(f"STRIP alpha (the overlay's weight) must be in (0, 1), got {alpha!r}")
+        raise PoisonlabError(f"STRIP alpha (the overlay's weight) must be in (0, 1), got {shown(alpha)}")
     if batch_size < 1:
         raise PoisonlabError(f"STRIP batch_size must be >= 1, got {batch_size}")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise PoisonlabError(f"STRIP seed must be a whole number >= 0, got {seed!r}")
+        raise PoisonlabError(f"STRIP seed must be a whole number >= 0, got {shown(seed)}")
     n_overlays = int(n_overlays)
     device = torch.device(device)
     idx = torch.from_numpy(_blend_indices(len(xs), len(pool), n_overlays, seed))

@@ -10,10 +10,36 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from ..attacks.badnets import MAX_CLASSES
+from ..checks import (MAX_COUNT, MAX_EPOCHS, MAX_LR, MAX_ROWS, SEED_MAX, check_model_options, check_values, is_whole,
+                      need_int, need_number)
 from ..config import OutputConfig, apply_overrides, from_dict, read_yaml
-from ..errors import PoisonlabError
+from ..errors import PoisonlabError, shown
 from .defended import NEEDS_VALIDATION, DefenseSpec, parse_defenses
 from .learners import LearnerSpec
+
+
+MAX_TEXT_FEATURES = 100_000
+MAX_WORKERS = 1024
+MAX_CLUSTERS = 100_000
+MAX_DIMS = 10_000
+MAX_LIST = 1000
+MAX_ALPHA = 100.0
+# upper bounds of the subpop defense parameters (their lower bounds and types: parse_defenses)
+_DEFENSE_INT_BOUNDS = {"max_iters": 1000, "rounds": 1000, "dims": MAX_DIMS, "curve_rows": MAX_COUNT,
+                       "curve_max_r": MAX_ROWS, "fine_tune_epochs": MAX_EPOCHS}
+_DEFENSE_NUMBER_BOUNDS = {"lam": 1e12, "fine_tune_lr": MAX_LR, "removal_factor": 100.0}
+
+
+def _check_defense_bounds(where: str, params: dict[str, Any]) -> None:
+    for key, value in params.items():
+        if value is None:
+            continue
+        if key in _DEFENSE_INT_BOUNDS:
+            hi = _DEFENSE_INT_BOUNDS[key]
+            need_int(value, f"{where}.{key}", 0 if key in ("curve_max_r", "fine_tune_epochs") else 1, hi)
+        elif key in _DEFENSE_NUMBER_BOUNDS:
+            need_number(value, f"{where}.{key}", 0, _DEFENSE_NUMBER_BOUNDS[key], low_open=True)
 
 
 @dataclass
@@ -87,15 +113,19 @@ class SubpopConfig:
             (s.pca_dims is None or s.pca_dims >= 0, f"subpopulations.pca_dims must be >= 0 or null, got {s.pca_dims}"),
             (s.limit is None or s.limit >= 1, f"subpopulations.limit must be >= 1 or null, got {s.limit}"),
             (len(a.alphas) > 0 and all(x > 0 for x in a.alphas),
-             f"attack.alphas must be a non-empty list of numbers > 0, got {a.alphas}"),
-            (len(set(a.alphas)) == len(a.alphas), f"attack.alphas lists a value twice: {a.alphas}"),
+             f"attack.alphas must be a non-empty list of numbers > 0, got {shown(a.alphas)}"),
+            (len(set(a.alphas)) == len(a.alphas), f"attack.alphas lists a value twice: {shown(a.alphas)}"),
             (a.label == "least-likely" or (isinstance(a.label, int) and a.label >= 0),
-             f"attack.label must be 'least-likely' or a class index >= 0, got {a.label!r}"),
+             f"attack.label must be 'least-likely' or a class index >= 0, got {shown(a.label)}"),
             (s.kind == "cluster-match" or len(s.features) > 0, "subpopulations.features must name at least one column"),
         ]
         for ok, message in checks:
             if not ok:
                 raise PoisonlabError(message)
+        self._check_bounds()
+        self.model.train.validate("model.train")
+        if self.model.retrain is not None:
+            self.model.retrain.validate("model.retrain")
         self.model.validate()
         specs = parse_defenses(self.defenses)
         for i, spec in enumerate(specs):
@@ -106,7 +136,32 @@ class SubpopConfig:
             if spec.name == "fine-pruning" and self.model.name == "mlp" and hidden in ([], ()):
                 raise PoisonlabError(f"defenses[{i}] (fine-pruning) prunes hidden units, but the model has no hidden "
                                      f"layer (mlp hidden: [], logistic regression); give it one or drop the defense")
+        for i, spec in enumerate(specs):
+            _check_defense_bounds(f"defenses[{i}]", spec.params)
         self.defenses = [d.to_dict() for d in specs]
+
+    def _check_bounds(self) -> None:
+        """The upper bounds of every number (its lower bound is checked first, in :meth:`validate`)."""
+        d, s, a = self.data, self.subpopulations, self.attack
+        if d.train_limit is not None:
+            need_int(d.train_limit, "data.train_limit", 2, MAX_ROWS)
+        need_int(d.text_features, "data.text_features", 1, MAX_TEXT_FEATURES)
+        need_int(self.seed, "seed", 0, SEED_MAX)
+        if self.workers is not None:
+            need_int(self.workers, "workers", 1, MAX_WORKERS)
+        for key, lo, hi in (("min_test", 0, MAX_ROWS), ("max_test", 0, MAX_ROWS), ("n_clusters", 1, MAX_CLUSTERS),
+                            ("pca_dims", 0, MAX_DIMS), ("limit", 1, MAX_ROWS)):
+            if getattr(s, key) is not None:
+                need_int(getattr(s, key), f"subpopulations.{key}", lo, hi)
+        if len(s.features) > MAX_LIST:
+            raise PoisonlabError(f"subpopulations.features lists {len(s.features)} columns; at most {MAX_LIST}")
+        if len(a.alphas) > MAX_LIST:
+            raise PoisonlabError(f"attack.alphas lists {len(a.alphas)} values; at most {MAX_LIST}")
+        for alpha in a.alphas:
+            need_number(alpha, "attack.alphas", 0, MAX_ALPHA, low_open=True, what="poisons per attacker row")
+        if is_whole(a.label):
+            need_int(a.label, "attack.label", 0, MAX_CLASSES, "a class index")
+        check_model_options(self.model.options)
 
     def defense_specs(self) -> list[DefenseSpec]:
         """The validated ``defenses:`` list."""
@@ -124,6 +179,7 @@ def load_subpop_config(path: str | Path | None = None, overrides: list[str] | No
     for key, value in top.items():
         if value is not None:
             raw[key] = value
+    check_values(raw)
     cfg = from_dict(SubpopConfig, raw)
     cfg.validate()
     return cfg
