@@ -79,6 +79,8 @@ def test_small_anchors_aliases_and_merge_keys_still_work(tmp_path):
     raw = read_yaml(path)
     assert raw["train"] == {"epochs": 2, "lr": 0.001, "batch_size": 16}
     assert safe_yaml.load("a: &x [1, 2]\nb: [*x, *x]\n", "text") == {"a": [1, 2], "b": [[1, 2], [1, 2]]}
+    # a key given by a merge may be overridden; only a key written twice is refused
+    assert safe_yaml.load("a: &x {b: 1}\nc: {<<: *x, b: 2}\n", "text") == {"a": {"b": 1}, "c": {"b": 2}}
 
 
 def test_scientific_notation_is_a_number():
@@ -94,6 +96,7 @@ def test_scientific_notation_is_a_number():
     ("a: [" + "1," * 100_001 + "]\n", "holds more than 100000 values"),
     ("a: [1, 2\n", "is not valid YAML at line 2"),
     ("a: !!python/object:os.system x\n", "is not valid YAML"),
+    ("train:\n  lr: 0.01\n  epochs: 2\n  lr: 10\n", "repeats the key 'lr' in one mapping; keep one of them (line 4"),
 ])
 def test_loader_bounds(text, message):
     with pytest.raises(PoisonlabError, match=message.replace("*", r"\*").replace("(", r"\(")) as err:

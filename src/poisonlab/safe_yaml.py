@@ -10,7 +10,8 @@ A config may come from an attacker, so the text is refused, with a one-line
   again, recursively, so an alias bomb ("billion laughs") is refused before any object is
   built, while small configs keep their anchors, aliases and merge keys; an alias to a
   collection that contains it (a recursive structure) is refused too;
-* holds a number written with more than :data:`MAX_NUMBER_CHARS` characters.
+* holds a number written with more than :data:`MAX_NUMBER_CHARS` characters;
+* repeats a key within one mapping (a reader would see one value, poisonlab use the other).
 
 Numbers in scientific notation without a dot (``1e-3``, YAML 1.2) are floats, as users
 expect, not strings.
@@ -24,7 +25,7 @@ from typing import Any
 
 import yaml
 from yaml.events import AliasEvent
-from yaml.nodes import MappingNode, Node, SequenceNode
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from .errors import PoisonlabError, one_line
 
@@ -82,6 +83,19 @@ class BoundedLoader(yaml.SafeLoader):
             raise _Limit(f"expands to more than {MAX_NODES} values through its aliases (an alias bomb?); "
                          f"a config needs far fewer")
         return node
+
+    def construct_mapping(self, node: Node, deep: bool = False) -> dict[Any, Any]:
+        """A mapping whose keys are distinct: a repeated key would let a reader of the file see
+        one value while poisonlab uses the other (merged ``<<`` keys may still be overridden)."""
+        if isinstance(node, MappingNode):
+            seen: set[str] = set()
+            for key_node, _ in node.value:
+                if isinstance(key_node, ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                    if key_node.value in seen:
+                        raise _Limit(f"repeats the key '{one_line(key_node.value, 60)}' in one mapping; "
+                                     "keep one of them", key_node.start_mark)
+                    seen.add(key_node.value)
+        return super().construct_mapping(node, deep)
 
     def construct_yaml_int(self, node: Node) -> int:
         _check_number_length(node)
