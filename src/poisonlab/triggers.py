@@ -52,8 +52,8 @@ import torch
 import torch.nn.functional as F
 
 from . import icons
-from .checks import is_number, is_whole
-from .errors import PoisonlabError, did_you_mean
+from .checks import SEED_MAX, is_number, is_whole
+from .errors import PoisonlabError, did_you_mean, shown
 from .registry import Registry
 
 __all__ = [
@@ -76,6 +76,12 @@ DEFAULT_CORNER = "bottom-right"
 DEFAULT_MARGIN = 1
 LUMA = (0.299, 0.587, 0.114)
 """ITU-R BT.601 luminance weights (Pillow's RGB -> "L")."""
+MAX_PIXELS = 4096
+"""Trigger sizes, margins and positions are at most this many pixels (the image is checked later)."""
+MAX_PATTERN = 256
+"""A ``pattern`` has at most this many rows and columns."""
+MAX_COMPOSE = 16
+"""A ``compose`` trigger holds at most this many triggers."""
 DEFAULT_PATTERN: tuple[tuple[float, ...], ...] = ((1.0, 0.0, 1.0), (0.0, 1.0, 0.0), (1.0, 0.0, 1.0))
 
 Shape = tuple[int, int, int]
@@ -121,8 +127,7 @@ def _fail(kind: str, message: str) -> NoReturn:
 
 
 def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value).replace("\n", " ")
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return shown(value, limit)
 
 
 def _as_list(v: Any) -> Any:
@@ -142,14 +147,14 @@ def _color(kind: str, name: str, v: Any) -> Color:
     v = _as_list(v)
     if is_number(v):
         return _unit(kind, name, v)
-    if isinstance(v, (list, tuple)) and v and all(is_number(c) for c in v):
+    if isinstance(v, (list, tuple)) and v and len(v) <= MAX_PIXELS and all(is_number(c) for c in v):
         return tuple(_unit(kind, name, c) for c in v)
     _fail(kind, f"`{name}` must be a number in [0, 1] or a list of per-channel numbers in [0, 1] "
                 f"(e.g. [1, 1, 0] for yellow), got {_short(v)}")
 
 
 def _size_part(v: Any) -> bool:
-    return (is_whole(v) and int(v) >= 1) or (is_number(v) and not is_whole(v) and 0 < float(v) <= 1)
+    return (is_whole(v) and 1 <= int(v) <= MAX_PIXELS) or (is_number(v) and not is_whole(v) and 0 < float(v) <= 1)
 
 
 def _size(kind: str, v: Any) -> Size:
@@ -159,7 +164,7 @@ def _size(kind: str, v: Any) -> Size:
         return int(v) if is_whole(v) else float(v)
     if isinstance(v, (list, tuple)) and len(v) == 2 and all(_size_part(p) for p in v):
         return tuple(int(p) if is_whole(p) else float(p) for p in v)  # type: ignore[return-value]
-    _fail(kind, f"`size` must be whole pixels >= 1 (e.g. 3), a fraction of the image side in (0, 1] "
+    _fail(kind, f"`size` must be whole pixels in 1..{MAX_PIXELS} (e.g. 3), a fraction of the image side in (0, 1] "
                 f"(e.g. 0.1), or [height, width] of those; got {_short(v)}")
 
 
@@ -266,23 +271,25 @@ def stamp_rgba(x: torch.Tensor, rgba: torch.Tensor, top: int, left: int) -> torc
 
 @lru_cache(maxsize=16)
 def _read_rgba(path: str, mtime_ns: int) -> torch.Tensor:
-    """(4, H, W) float32 straight-alpha image from a file (cached per path and mtime)."""
-    import numpy as np
-    from PIL import Image
+    """(4, H, W) float32 straight-alpha image from a file (cached per path and mtime).
 
-    try:
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGBA"), dtype=np.uint8).copy()
-    except OSError as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise PoisonlabError(f"cannot read trigger image '{path}' ({reason}); "
-                             f"give a PNG (with alpha) or JPEG file") from e
-    return torch.from_numpy(arr).permute(2, 0, 1).float() / 255
+    The file must be a regular file (no link, FIFO or device) under ``$POISONLAB_MAX_FILE_MB``,
+    in one of :data:`poisonlab.data.images.TRIGGER_FORMATS`, its declared size at most
+    :data:`~poisonlab.data.images.TRIGGER_MAX_PIXELS`, checked before any pixel is decoded
+    (a decompression bomb is a one-line error).
+    """
+    from .data.images import TRIGGER_FORMATS, TRIGGER_MAX_PIXELS, decode
+    from .data.safe_files import read_regular_file
+
+    data = read_regular_file(path, None, label=f"trigger image '{path}'")
+    arr = decode(data, f"'{path}'", mode="RGBA", max_pixels=TRIGGER_MAX_PIXELS, formats=TRIGGER_FORMATS,
+                 what="cannot read trigger image", fix="give a small PNG (with alpha) or JPEG file")
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255
 
 
 def _load_file(path: str) -> torch.Tensor:
     try:
-        mtime = os.stat(path).st_mtime_ns
+        mtime = os.lstat(path).st_mtime_ns  # a link is refused by the read, not followed
     except OSError:
         raise PoisonlabError(f"trigger image '{path}' not found; give the path of an existing PNG file") from None
     return _read_rgba(path, mtime)
@@ -340,8 +347,8 @@ class _Placed:
             _fail(self.kind, f"unknown corner {_short(self.corner)}"
                              f"{did_you_mean(self.corner, CORNERS) if isinstance(self.corner, str) else ''}; "
                              f"use one of {', '.join(CORNERS)}")
-        if self.margin is not None and not (is_whole(self.margin) and int(self.margin) >= 0):
-            _fail(self.kind, f"`margin` must be a whole number of pixels >= 0, got {_short(self.margin)}")
+        if self.margin is not None and not (is_whole(self.margin) and 0 <= int(self.margin) <= MAX_PIXELS):
+            _fail(self.kind, f"`margin` must be a whole number of pixels in 0..{MAX_PIXELS}, got {_short(self.margin)}")
         self._check_position()
         self._check_center()
 
@@ -349,8 +356,9 @@ class _Placed:
         if self.position is None:
             return
         p = _as_list(self.position)
-        if not (isinstance(p, (list, tuple)) and len(p) == 2 and all(is_whole(v) and int(v) >= 0 for v in p)):
-            _fail(self.kind, f"`position` must be [row, col] of whole numbers >= 0 (the trigger's "
+        if not (isinstance(p, (list, tuple)) and len(p) == 2
+                and all(is_whole(v) and 0 <= int(v) <= MAX_PIXELS for v in p)):
+            _fail(self.kind, f"`position` must be [row, col] of whole numbers in 0..{MAX_PIXELS} (the trigger's "
                              f"top-left pixel), got {_short(self.position)}")
         self._set("position", (int(p[0]), int(p[1])))
 
@@ -503,13 +511,15 @@ class PatternTrigger(_Local):
         super().__post_init__()
 
     def _valid_pattern(self, p: Any) -> tuple[tuple[float | None, ...], ...]:
-        ok = (isinstance(p, (list, tuple)) and p and all(isinstance(r, (list, tuple)) and r for r in p)
+        ok = (isinstance(p, (list, tuple)) and p and len(p) <= MAX_PATTERN
+              and all(isinstance(r, (list, tuple)) and r and len(r) <= MAX_PATTERN for r in p)
               and len({len(r) for r in p}) == 1
               and all(c is None or (is_number(c) and 0 <= c <= 1) for r in p for c in r)
               and any(c is not None for r in p for c in r))
         if not ok:
-            _fail(self.kind, f"`pattern` must be a rectangular 2-D list of numbers in [0, 1] (null = leave "
-                             f"the pixel unchanged, at least one number), e.g. [[1, 0, 1], [0, 1, 0], "
+            _fail(self.kind, f"`pattern` must be a rectangular 2-D list (at most {MAX_PATTERN}x{MAX_PATTERN}) of "
+                             f"numbers in [0, 1] (null = leave the pixel unchanged, at least one number), "
+                             f"e.g. [[1, 0, 1], [0, 1, 0], "
                              f"[1, 0, 1]]; got {_short(p)}")
         return tuple(tuple(None if c is None else float(c) for c in r) for r in p)
 
@@ -574,10 +584,14 @@ def _check_source(kind: str, icon: Any, icon_name: str, path: Any, *, need_one: 
         _fail(kind, f"give `icon` (one of {', '.join(icons.ICONS)}) or `path` (an RGBA PNG file)")
     if path is None:
         return None
-    if not isinstance(path, (str, os.PathLike)) or not str(path):
-        _fail(kind, f"`path` must be a file path string, got {_short(path)}")
-    if not Path(path).is_file():
-        _fail(kind, f"image file '{path}' not found; give the path of an existing PNG file")
+    if not isinstance(path, (str, os.PathLike)) or not str(path) or len(str(path)) > 4096:
+        _fail(kind, f"`path` must be a file path string (at most 4096 characters), got {_short(path)}")
+    try:
+        found = Path(path).is_file()
+    except (OSError, ValueError):
+        found = False
+    if not found:
+        _fail(kind, f"image file {_short(str(path), 200)} not found; give the path of an existing PNG file")
     return str(path)
 
 
@@ -654,8 +668,8 @@ class BlendTrigger:
         key = None if self.key == "noise" else self.key
         object.__setattr__(self, "path", _check_source(self.kind, key, "key", self.path, need_one=False))
         object.__setattr__(self, "alpha", _unit(self.kind, "alpha", self.alpha, open_low=True))
-        if not (is_whole(self.seed) and int(self.seed) >= 0):
-            _fail(self.kind, f"`seed` must be a whole number >= 0, got {_short(self.seed)}")
+        if not (is_whole(self.seed) and 0 <= int(self.seed) <= SEED_MAX):
+            _fail(self.kind, f"`seed` must be a whole number in 0..{SEED_MAX}, got {_short(self.seed)}")
         object.__setattr__(self, "seed", int(self.seed))
 
     def check_fits(self, shape: tuple[int, int, int]) -> None:
@@ -700,6 +714,11 @@ class BlendTrigger:
         return f"blend trigger: {source} blended over the whole image with alpha {_fmt(self.alpha)}"
 
 
+def _leaves(trigger: Any) -> int:
+    """How many plain triggers a (possibly nested) compose trigger stamps."""
+    return sum(_leaves(t) for t in trigger.triggers) if isinstance(trigger, ComposeTrigger) else 1
+
+
 @lru_cache(maxsize=32)
 def _noise(seed: int, c: int, h: int, w: int) -> torch.Tensor:
     """Uniform [0, 1) noise (c, h, w) from ``seed``; the same for the same seed and shape."""
@@ -722,8 +741,8 @@ class ComposeTrigger:
 
     def __post_init__(self) -> None:
         items = _as_list(self.triggers)
-        if not isinstance(items, (list, tuple)) or not items:
-            _fail(self.kind, "`triggers` must be a non-empty list of trigger configs, "
+        if not isinstance(items, (list, tuple)) or not items or len(items) > MAX_COMPOSE:
+            _fail(self.kind, f"`triggers` must be a non-empty list of at most {MAX_COMPOSE} trigger configs, "
                              "e.g. [{kind: patch}, {kind: blend}]")
         built = []
         for i, item in enumerate(items, start=1):
@@ -736,6 +755,9 @@ class ComposeTrigger:
                 _fail(self.kind, f"item {i} of `triggers` must be a trigger config like "
                                  f"{{kind: patch}}, got {_short(item)}")
             built.append(item)
+        leaves = sum(_leaves(t) for t in built)
+        if leaves > MAX_COMPOSE:
+            _fail(self.kind, f"holds {leaves} triggers (nested ones included); at most {MAX_COMPOSE}")
         object.__setattr__(self, "triggers", tuple(built))
 
     def check_fits(self, shape: tuple[int, int, int]) -> None:

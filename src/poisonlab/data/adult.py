@@ -30,8 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import PoisonlabError
+from ..errors import PoisonlabError, shown
 from .base import DATASETS, Dataset, DatasetSpec, DataSplit, first_dir_with
+from .safe_files import read_regular_file
 
 TRAIN_FILE = "adult.data"
 TEST_FILE = "adult.test"
@@ -67,7 +68,7 @@ def parse_adult(text: str, source: str) -> tuple[dict[str, np.ndarray], np.ndarr
         if len(fields) != n_fields:
             raise PoisonlabError(
                 f"adult: {source} line {line_no}: expected {n_fields} comma-separated values, "
-                f"found {len(fields)} ({line[:80]!r}); replace it with the official file"
+                f"found {len(fields)} ({shown(line)}); replace it with the official file"
             )
         if "" in fields:
             name = (*COLUMNS, "income")[fields.index("")]
@@ -78,7 +79,7 @@ def parse_adult(text: str, source: str) -> tuple[dict[str, np.ndarray], np.ndarr
         label = _LABELS.get(fields[-1])
         if label is None:
             raise PoisonlabError(
-                f"adult: {source} line {line_no}: unknown label {fields[-1]!r}, expected '<=50K' or '>50K' "
+                f"adult: {source} line {line_no}: unknown label {shown(fields[-1])}, expected '<=50K' or '>50K' "
                 "(with a trailing '.' in adult.test); replace it with the official file"
             )
         for values, value in zip(columns, fields):
@@ -97,7 +98,7 @@ def _integers(values: list[str], name: str, text: str, source: str) -> np.ndarra
     """``values`` as int64; a non-integer is reported with its line number (found on the slow path)."""
     try:
         return np.array([int(v) for v in values], dtype=np.int64)
-    except ValueError:
+    except (ValueError, OverflowError):
         pass
     col = COLUMNS.index(name)
     for line_no, line in enumerate(text.splitlines(), start=1):
@@ -105,25 +106,26 @@ def _integers(values: list[str], name: str, text: str, source: str) -> np.ndarra
             continue
         value = line.split(",")[col].strip()
         try:
-            int(value)
+            ok = -(2**63) <= int(value) < 2**63  # int64, as the column is stored
         except ValueError:
+            ok = False
+        if not ok:
             raise PoisonlabError(
-                f"adult: {source} line {line_no}: column '{name}' is not an integer ({value!r}); "
+                f"adult: {source} line {line_no}: column '{name}' is not an integer ({shown(value)}); "
                 "replace it with the official file"
-            ) from None
+            )
     raise AssertionError("unreachable: a value failed to parse but no line did")  # pragma: no cover
 
 
-def read_adult_file(path: Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Read and parse ``adult.data`` or ``adult.test`` (see :func:`parse_adult`)."""
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise PoisonlabError(f"adult: cannot read {path}: {e.strerror or e}") from e
+def read_adult_file(path: Path, root: Path | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Read and parse ``adult.data`` or ``adult.test`` (see :func:`parse_adult`); the file must be
+    a regular file inside ``root`` (the data folder) and under ``$POISONLAB_MAX_FILE_MB``."""
+    data = read_regular_file(path, root, label=f"adult: {path}")
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise PoisonlabError(f"adult: {path} is not a text file ({e}); replace it with the official file") from e
+        raise PoisonlabError(f"adult: {path} is not a text file ({e.reason} at byte {e.start}); "
+                             "replace it with the official file") from e
     return parse_adult(text, str(path))
 
 
@@ -187,8 +189,8 @@ def adult_feature_names(train: DataSplit | Dataset | Mapping[str, np.ndarray]) -
 
 def load_adult_from(folder: Path) -> DataSplit:
     """Adult from ``folder/adult.data`` and ``folder/adult.test``, encoded with the training statistics."""
-    train_meta, y_train = read_adult_file(folder / TRAIN_FILE)
-    test_meta, y_test = read_adult_file(folder / TEST_FILE)
+    train_meta, y_train = read_adult_file(folder / TRAIN_FILE, folder)
+    test_meta, y_test = read_adult_file(folder / TEST_FILE, folder)
     if len(y_train) == 0:
         raise PoisonlabError(f"adult: {folder / TRAIN_FILE} holds no rows; replace it with the official file")
     encoder = AdultEncoder.fit(train_meta)

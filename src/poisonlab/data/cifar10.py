@@ -7,25 +7,25 @@ dict with ``b"data"`` (uint8, N x 3072: 1024 red, 1024 green, 1024 blue values, 
 first) and ``b"labels"`` (ints 0..9). The folder or the official
 ``cifar-10-python.tar.gz`` (read in memory, not extracted) is accepted.
 
-Pickles can run code, so every batch is read with :class:`BatchUnpickler`, which
-resolves only the few globals a numpy array needs and refuses everything else before
-anything is called.
+Pickles can run code, so every batch is read with the restricted unpickler of
+:mod:`.cifar_pickle` (only this format's opcodes and globals, mapped to stand-ins; arrays
+built here from checked uint8 bytes). Files are read as regular files inside their folder
+and members and files are capped in size (:mod:`.limits`, ``$POISONLAB_MAX_FILE_MB``).
 """
 from __future__ import annotations
 
-import io
 import os
-import pickle
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
-from ..errors import PoisonlabError
+from ..errors import PoisonlabError, shown
 from .base import DATASETS, Dataset, DatasetSpec, DataSplit, not_found
+from .cifar_pickle import BatchUnpickler, unpickle_batch  # noqa: F401  (re-exported)
+from .safe_files import check_real_dir, iter_archive, member_label, read_regular_file, safe_extract
 from .safe_files import download as fetch_url
-from .safe_files import iter_archive, safe_extract
 
 FOLDER = "cifar-10-batches-py"
 ARCHIVE = "cifar-10-python.tar.gz"
@@ -47,73 +47,6 @@ def archive_url() -> str:
     return env.rstrip("/") + "/" + ARCHIVE if env else URLS["cifar10"]
 
 
-# ---------------------------------------------------------------- restricted unpickling
-
-
-def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
-    """``_codecs.encode`` as protocol-2 pickles written by Python 3 use it for bytes; latin-1 only."""
-    if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
-        raise pickle.UnpicklingError(f"refused _codecs.encode with encoding {encoding!r}")
-    return text.encode("latin1")
-
-
-def _allowed() -> dict[tuple[str, str], Callable[..., Any] | type]:
-    core = getattr(np, "_core", None)  # numpy >= 2; numpy.core on 1.x
-    if core is None or not hasattr(core, "multiarray"):
-        import numpy.core.multiarray as multiarray
-    else:
-        multiarray = core.multiarray
-    reconstruct = multiarray._reconstruct
-    return {
-        ("numpy.core.multiarray", "_reconstruct"): reconstruct,
-        ("numpy._core.multiarray", "_reconstruct"): reconstruct,
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-        ("_codecs", "encode"): _latin1_encode,
-    }
-
-
-class BatchUnpickler(pickle.Unpickler):
-    """Unpickles CIFAR batches: dicts, lists, bytes, ints and uint8 numpy arrays, nothing else.
-
-    ``find_class`` is the only way a pickle reaches a callable, so refusing every other
-    global (``os.system``, ``builtins.eval``, ``subprocess.Popen``...) means nothing else
-    can run. Python-2 strings come back as bytes (``encoding="bytes"``), as in the
-    official files.
-    """
-
-    def __init__(self, file: io.BufferedIOBase, source: str) -> None:
-        super().__init__(file, encoding="bytes")
-        self.source = source
-        self.allowed = _allowed()
-
-    def find_class(self, module: str, name: str) -> Any:
-        found = self.allowed.get((module, name))
-        if found is None:
-            raise PoisonlabError(
-                f"{self.source}: refused to unpickle {module}.{name}; a CIFAR-10 batch holds only "
-                "numpy arrays, lists and bytes, so this file is not a genuine batch (it may be "
-                "malicious): delete it and use the official cifar-10-python.tar.gz"
-            )
-        return found
-
-    def persistent_load(self, pid: Any) -> Any:
-        raise PoisonlabError(f"{self.source}: refused a persistent id in the pickle; the file is not a genuine batch")
-
-
-def unpickle_batch(data: bytes, source: str) -> dict[str, Any]:
-    """A batch dict (keys decoded to str) read with :class:`BatchUnpickler`."""
-    try:
-        obj = BatchUnpickler(io.BytesIO(data), source).load()
-    except PoisonlabError:
-        raise
-    except Exception as e:  # noqa: BLE001 - any failure inside a corrupt pickle is "corrupt"
-        raise PoisonlabError(f"{source}: corrupt pickle ({type(e).__name__}: {e}); fetch the official files again") from e
-    if not isinstance(obj, dict):
-        raise PoisonlabError(f"{source}: expected a dict of arrays, found {type(obj).__name__}; not a CIFAR-10 batch")
-    return {(k.decode("latin1") if isinstance(k, bytes) else str(k)): v for k, v in obj.items()}
-
-
 # ---------------------------------------------------------------- batches
 
 
@@ -122,20 +55,22 @@ def batch_arrays(batch: dict[str, Any], source: str) -> tuple[np.ndarray, np.nda
     data, labels = batch.get("data"), batch.get("labels")
     if data is None or labels is None:
         raise PoisonlabError(
-            f"{source}: no 'data'/'labels' entries (found {', '.join(sorted(batch))}); not a CIFAR-10 batch"
+            f"{source}: no 'data'/'labels' entries (found {shown(sorted(batch))}); not a CIFAR-10 batch"
         )
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != PIXELS:
         found = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
         raise PoisonlabError(f"{source}: 'data' must be a uint8 array of shape (N, {PIXELS}), found {found}")
-    try:
-        y = np.asarray(labels, dtype=np.int64)
-    except (TypeError, ValueError) as e:
-        raise PoisonlabError(f"{source}: 'labels' is not a list of integers ({e})") from e
-    if y.ndim != 1 or len(y) != len(data):
-        raise PoisonlabError(f"{source}: {y.size} labels for {len(data)} images")
-    bad = y[(y < 0) | (y >= len(CLASSES))]
-    if len(bad):
-        raise PoisonlabError(f"{source}: label {int(bad[0])} outside 0..{len(CLASSES) - 1}; the file is corrupt")
+    if not isinstance(labels, list) or not all(type(v) is int for v in labels):
+        found = type(labels).__name__ if not isinstance(labels, list) else "a list with non-integers"
+        raise PoisonlabError(f"{source}: 'labels' must be a list of integers, found {found}")
+    if len(labels) != len(data):
+        raise PoisonlabError(f"{source}: {len(labels)} labels for {len(data)} images")
+    bad = [v for v in labels if not 0 <= v < len(CLASSES)]
+    if bad:
+        shown_label = bad[0] if abs(bad[0]) < 10**12 else "(a huge number)"
+        raise PoisonlabError(f"{source}: label {shown_label} outside 0..{len(CLASSES) - 1}; "
+                             "the file is corrupt")
+    y = np.array(labels, dtype=np.int64)
     return data, y
 
 
@@ -144,9 +79,15 @@ def _class_names(blobs: dict[str, tuple[str, bytes]]) -> list[str]:
         return list(CLASSES)
     source, data = blobs[META]
     names = unpickle_batch(data, source).get("label_names")
-    if not isinstance(names, list) or len(names) != len(CLASSES):
-        raise PoisonlabError(f"{source}: 'label_names' must list {len(CLASSES)} class names")
-    return [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names]
+    if (not isinstance(names, list) or len(names) != len(CLASSES)
+            or not all(isinstance(n, (bytes, str)) and 0 < len(n) <= 200 for n in names)):
+        raise PoisonlabError(f"{source}: 'label_names' must list {len(CLASSES)} class names (text of at most "
+                             "200 characters)")
+    try:
+        return [n.decode("utf-8") if isinstance(n, bytes) else n for n in names]
+    except UnicodeDecodeError as e:
+        raise PoisonlabError(f"{source}: a class name in 'label_names' is not UTF-8 text ({e.reason}); "
+                             "not a genuine batches.meta") from e
 
 
 def _dataset(blobs: dict[str, tuple[str, bytes]], names: tuple[str, ...], classes: list[str]) -> Dataset:
@@ -157,12 +98,12 @@ def _dataset(blobs: dict[str, tuple[str, bytes]], names: tuple[str, ...], classe
     return Dataset(x, torch.from_numpy(y), classes)
 
 
-def _read_folder(folder: Path) -> dict[str, tuple[str, bytes]]:
+def _read_folder(folder: Path, root: Path) -> dict[str, tuple[str, bytes]]:
     blobs = {}
     for name in (*TRAIN_BATCHES, TEST_BATCH, META):
         path = folder / name
-        if path.is_file():
-            blobs[name] = (str(path), path.read_bytes())
+        if os.path.lexists(path):
+            blobs[name] = (str(path), read_regular_file(path, root))
     return blobs
 
 
@@ -170,21 +111,29 @@ def _read_archive(archive: Path) -> dict[str, tuple[str, bytes]]:
     wanted = {*TRAIN_BATCHES, TEST_BATCH, META}
     blobs = {}
     for member, data in iter_archive(archive, lambda n: n.rsplit("/", 1)[-1] in wanted):
-        blobs.setdefault(member.rsplit("/", 1)[-1], (f"{archive}:{member}", data))
+        blobs.setdefault(member.rsplit("/", 1)[-1], (member_label(archive, member), data))
     return blobs
 
 
 def _source(folder: Path) -> Path | None:
     """The batch folder or archive to read in ``folder``, or None."""
     for d in (folder / FOLDER, folder):
-        if (d / TEST_BATCH).is_file() or (d / TRAIN_BATCHES[0]).is_file():
-            return d
-    return folder / ARCHIVE if (folder / ARCHIVE).is_file() else None
+        if os.path.lexists(d / TEST_BATCH) or os.path.lexists(d / TRAIN_BATCHES[0]):
+            return d  # links and special files are found here and refused when read
+    return folder / ARCHIVE if os.path.lexists(folder / ARCHIVE) else None
 
 
-def load_cifar10_from(source: Path) -> DataSplit:
-    """CIFAR-10 from a ``cifar-10-batches-py`` folder or the official archive."""
-    blobs = _read_folder(source) if source.is_dir() else _read_archive(source)
+def load_cifar10_from(source: Path, root: Path | None = None) -> DataSplit:
+    """CIFAR-10 from a ``cifar-10-batches-py`` folder or the official archive.
+
+    ``root`` is the data folder every file must stay in (default: ``source`` or its folder).
+    """
+    if source.is_dir():
+        if root is not None and source != root:
+            check_real_dir(source, f"CIFAR-10: {source}")  # a linked batches folder is refused
+        blobs = _read_folder(source, root or source)
+    else:
+        blobs = _read_archive(source)
     missing = [n for n in (*TRAIN_BATCHES, TEST_BATCH) if n not in blobs]
     if missing:
         raise PoisonlabError(f"CIFAR-10: {', '.join(missing)} missing in {source}; use the complete official set")
@@ -210,7 +159,7 @@ def load_cifar10(roots: list[Path], download: bool = False) -> DataSplit:
     for folder in roots:
         source = _source(folder)
         if source is not None:
-            return load_cifar10_from(source)
+            return load_cifar10_from(source, folder)
     if download and roots:
         return load_cifar10_from(download_cifar10(roots[0]))
     raise not_found("cifar10", f"{FOLDER}/ folder or {ARCHIVE}", roots, " or use --download")

@@ -11,11 +11,15 @@ Roi.Y2;ClassId``. The set is read from the extracted folder or straight from
 the top ``GTSRB/`` folder is optional, and several archives in one folder (e.g. the
 official training, test and test-labels zips) are merged. Every image is decoded with
 Pillow and resized to 32x32 (bilinear): x is float32 (N, 3, 32, 32) in [0, 1].
+
+Hostile input: files of the extracted tree are read only as regular files inside the data
+folder (a symbolic link, to a file or a folder, a FIFO or a device is a one-line error),
+archive members and files are capped in size (:mod:`.limits`), and an image declaring
+more than :data:`.images.GTSRB_MAX_PIXELS` pixels is refused before it is decoded.
 """
 from __future__ import annotations
 
 import csv
-import io
 import os
 import re
 from dataclasses import dataclass, field
@@ -24,9 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import PoisonlabError
+from ..errors import PoisonlabError, one_line, shown
 from .base import DATASETS, Dataset, DatasetSpec, DataSplit, not_found
-from .safe_files import iter_archive
+from .images import GTSRB_FORMATS, GTSRB_MAX_PIXELS, decode
+from .safe_files import check_real_dir, iter_archive, member_label, read_regular_file
 
 SIDE = 32
 TEST_CSV = "GT-final_test.csv"
@@ -102,6 +107,7 @@ class _Files:
 
     entries: dict[str, tuple[str, bytes | None]] = field(default_factory=dict)
     sources: list[str] = field(default_factory=list)
+    root: Path | None = None  # the data folder files on disk must stay in
 
     def add(self, key: str, label: str, content: bytes | None = None) -> None:
         self.entries.setdefault(key, (label, content))
@@ -109,11 +115,7 @@ class _Files:
     def read(self, key: str) -> tuple[str, bytes]:
         label, content = self.entries[key]
         if content is None:
-            try:
-                with open(label, "rb") as f:
-                    return label, f.read()
-            except OSError as e:
-                raise PoisonlabError(f"GTSRB: cannot read {label}: {e.strerror or e}") from e
+            return label, read_regular_file(label, self.root, label=f"GTSRB: {label}")
         return label, content
 
 
@@ -140,15 +142,29 @@ def find_sources(folder: Path) -> list[Path]:
     return out
 
 
+def _no_link(path: str) -> None:
+    """Refuse a folder of the tree that is a symbolic link (os.walk would silently skip it)."""
+    check_real_dir(path, f"GTSRB: {path}")
+
+
+def _walk_error(e: OSError) -> None:
+    raise PoisonlabError(f"GTSRB: cannot list {e.filename}: {e.strerror or e}") from e
+
+
 def _add_tree(files: _Files, root: Path) -> None:
     for top in ("Final_Training", "Final_Test"):
-        for dirpath, _, names in os.walk(root / top):
+        if not os.path.lexists(root / top):
+            continue
+        _no_link(str(root / top))
+        for dirpath, dirnames, names in os.walk(root / top, onerror=_walk_error):  # never follows links
+            for d in dirnames:
+                _no_link(os.path.join(dirpath, d))
             rel = os.path.relpath(dirpath, root).replace(os.sep, "/")
             for n in names:
                 key = member_key(f"{rel}/{n}")
                 if key is not None:
-                    files.add(key, os.path.join(dirpath, n))
-    if (root / TEST_CSV).is_file():
+                    files.add(key, os.path.join(dirpath, n))  # links and special files are refused when read
+    if os.path.lexists(root / TEST_CSV):
         files.add(TEST_CSV, str(root / TEST_CSV))
 
 
@@ -156,12 +172,14 @@ def _add_archive(files: _Files, archive: Path) -> None:
     for name, data in iter_archive(archive, lambda n: member_key(n) is not None):
         key = member_key(name)
         if key is not None:
-            files.add(key, f"{archive}:{name}", data)
+            files.add(key, member_label(archive, name), data)
 
 
 def _add_source(files: _Files, source: Path) -> None:
     files.sources.append(str(source))
     if source.is_dir():
+        if files.root is not None and source != files.root:
+            _no_link(str(source))  # the GTSRB/ top folder
         _add_tree(files, source)
     else:
         _add_archive(files, source)
@@ -174,9 +192,11 @@ def parse_csv(data: bytes, label: str) -> tuple[list[str], np.ndarray]:
     """File names and class ids of one GTSRB annotation CSV (``;``-separated, with a header)."""
     try:
         lines = data.decode("utf-8-sig").splitlines()
+        rows = [r for r in csv.reader(lines, delimiter=";") if any(c.strip() for c in r)]
     except UnicodeDecodeError as e:
-        raise PoisonlabError(f"GTSRB: {label} is not a text CSV ({e}); replace it with the official file") from e
-    rows = [r for r in csv.reader(lines, delimiter=";") if any(c.strip() for c in r)]
+        raise PoisonlabError(f"GTSRB: {label} is not a text CSV ({e.reason}); replace it with the official file") from e
+    except csv.Error as e:
+        raise PoisonlabError(f"GTSRB: {label} is not a valid CSV ({e}); replace it with the official file") from e
     header = [c.strip() for c in rows[0]] if rows else []
     if "Filename" not in header or "ClassId" not in header:
         raise PoisonlabError(f"GTSRB: {label} has no Filename;...;ClassId header; replace it with the official CSV")
@@ -188,12 +208,12 @@ def parse_csv(data: bytes, label: str) -> tuple[list[str], np.ndarray]:
             names.append(row[fi].strip())
             ids.append(int(row[ci]))
         except (IndexError, ValueError) as e:
-            raise PoisonlabError(f"GTSRB: {label} line {line_no} is malformed ({';'.join(row)!r}); replace the CSV") from e
-    labels = np.asarray(ids, dtype=np.int64)
-    bad = (labels < 0) | (labels >= len(CLASSES))
-    if bad.any():
-        raise PoisonlabError(f"GTSRB: {label} has ClassId {int(labels[bad][0])} outside 0..{len(CLASSES) - 1}")
-    return names, labels
+            raise PoisonlabError(f"GTSRB: {label} line {line_no} is malformed ({shown(';'.join(row))}); "
+                                 "replace the CSV") from e
+        if not 0 <= ids[-1] < len(CLASSES):
+            shown_id = ids[-1] if abs(ids[-1]) < 10**12 else "(a huge number)"
+            raise PoisonlabError(f"GTSRB: {label} has ClassId {shown_id} outside 0..{len(CLASSES) - 1}")
+    return names, np.asarray(ids, dtype=np.int64)
 
 
 _Index = tuple[list[str], np.ndarray, list[str], np.ndarray]
@@ -260,7 +280,8 @@ def _explain_incomplete(files: _Files) -> PoisonlabError:
         )
     train_keys, _, test_keys, _ = _index(files)
     gone = [k for k in train_keys + test_keys if k not in files.entries] or ["an image"]
-    return PoisonlabError(f"GTSRB: {gone[0]} is listed in its CSV but missing from {where}; use the complete official set")
+    return PoisonlabError(f"GTSRB: {one_line(gone[0], 300)} is listed in its CSV but missing from {where}; "
+                          "use the complete official set")
 
 
 # ---------------------------------------------------------------- images
@@ -268,17 +289,9 @@ def _explain_incomplete(files: _Files) -> PoisonlabError:
 
 def decode_image(data: bytes, label: str) -> np.ndarray:
     """An image file's pixels as uint8 (32, 32, 3), resized bilinearly when it is another size."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            if im.mode != "RGB":
-                im = im.convert("RGB")
-            if im.size != (SIDE, SIDE):
-                im = im.resize((SIDE, SIDE), Image.Resampling.BILINEAR)
-            return np.asarray(im, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise PoisonlabError(f"GTSRB: cannot decode image {label} ({e}); replace it with the official file") from e
+    return decode(data, label, mode="RGB", max_pixels=GTSRB_MAX_PIXELS, formats=GTSRB_FORMATS,
+                  what="GTSRB: cannot decode image", fix="replace it with the official file",
+                  resize=(SIDE, SIDE))
 
 
 def _images(files: _Files, keys: list[str]) -> torch.Tensor:
@@ -297,7 +310,7 @@ def load_gtsrb_from(folder: Path) -> DataSplit:
     sources = find_sources(folder)
     if not sources:
         raise PoisonlabError(f"GTSRB: no GTSRB folder or GTSRB*.zip/GTSRB*.tar.gz in {folder}")
-    files = _Files()
+    files = _Files(root=folder)
     index = None
     for source in sources:
         _add_source(files, source)

@@ -8,6 +8,11 @@ Each set is four files, gzipped (``.gz``) or raw: ``train-images-idx3-ubyte``,
 An IDX file is a big-endian header (magic ``0x00000801`` for labels, ``0x00000803`` for
 images, then one uint32 per dimension) followed by the uint8 values.
 
+Files are read as regular files inside their data folder (:mod:`.safe_files`); the header
+is read first and the size it declares (the product of the dimensions, in Python ints) is
+checked against the file and ``$POISONLAB_MAX_FILE_MB`` (:mod:`.limits`) before the body
+is read; a gzip stream is inflated in bounded steps and only up to that size.
+
 Checksums are MD5s of the *decompressed* bytes, so re-gzipped copies (other gzip
 headers) still verify. Policy, ``verify=None`` (the default used by the registry): a
 file whose decompressed size equals the official size is checked against the official
@@ -17,17 +22,20 @@ MD5, smaller files (subsets, test fixtures) are only parsed and validated;
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 import numpy as np
 import torch
 
-from ..errors import PoisonlabError
+from ..errors import PoisonlabError, one_line
 from .base import DATASETS, Dataset, DatasetSpec, DataSplit, first_dir_with
-from .safe_files import bytes_md5
+from .limits import CHUNK, max_file_bytes, mib, read_exactly
+from .safe_files import bytes_md5, open_regular_file
 from .safe_files import download as fetch_url
 
 IMAGE_MAGIC = 0x00000803
@@ -107,38 +115,119 @@ def mirror_url(name: str) -> str:
 # ---------------------------------------------------------------- parsing
 
 
-def decompress(data: bytes, path: Path) -> bytes:
-    """Gunzip ``data`` when it is gzip (by magic bytes or a .gz name); raise naming ``path``."""
-    if not (data[:2] == b"\x1f\x8b" or path.name.endswith(".gz")):
-        return data
-    try:
-        return gzip.decompress(data)
-    except (OSError, EOFError, zlib.error) as e:
-        raise PoisonlabError(f"{path}: corrupt gzip data ({e}); delete it and fetch it again") from e
+def _dims_text(dims: tuple[int, ...]) -> str:
+    return "x".join(map(str, dims))
 
 
-def parse_idx(data: bytes, ndim: int, path: Path) -> np.ndarray:
-    """The uint8 array held by an IDX file of ``ndim`` dimensions (1 labels, 3 images)."""
-    magic = 0x00000800 | ndim
+def parse_idx(data: bytes | bytearray, ndim: int, path: Path) -> np.ndarray:
+    """The uint8 array held by decompressed IDX bytes of ``ndim`` dimensions (1 labels, 3 images)."""
     header = 4 + 4 * ndim
     if len(data) < header:
         raise PoisonlabError(f"{path}: truncated IDX file ({len(data)} bytes, the header alone needs {header})")
-    found = int.from_bytes(data[:4], "big")
+    dims = _check_header(bytes(data[:header]), ndim, path)
+    expected = header + math.prod(dims)  # Python ints: no int64 wrap-around
+    _check_length(len(data), expected, dims, path)
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def _check_magic(head: bytes, ndim: int, path: Path) -> None:
+    magic = 0x00000800 | ndim
+    found = int.from_bytes(head[:4], "big")
     if found != magic:
         raise PoisonlabError(
             f"{path}: wrong IDX magic number 0x{found:08x}, expected 0x{magic:08x}; "
             "this is not an IDX file of the expected kind"
         )
-    dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
-    expected = header + int(np.prod(dims, dtype=np.int64))
-    if len(data) < expected:
-        raise PoisonlabError(
-            f"{path}: truncated IDX file, header says {'x'.join(map(str, dims))} "
-            f"({expected} bytes) but it has {len(data)}; delete it and fetch it again"
-        )
-    if len(data) > expected:
-        raise PoisonlabError(f"{path}: {len(data) - expected} bytes after the IDX data its header describes; the file is corrupt")
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def _check_header(head: bytes, ndim: int, path: Path) -> tuple[int, ...]:
+    """The dimensions in a complete IDX header, after the magic number check."""
+    _check_magic(head, ndim, path)
+    return tuple(int.from_bytes(head[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+
+
+def _length_error(have: int, expected: int, dims: tuple[int, ...], path: Path) -> PoisonlabError:
+    return PoisonlabError(f"{path}: truncated IDX file, header says {_dims_text(dims)} "
+                          f"({expected} bytes) but it has {have}; delete it and fetch it again")
+
+
+def _check_length(have: int, expected: int, dims: tuple[int, ...], path: Path) -> None:
+    if have < expected:
+        raise _length_error(have, expected, dims, path)
+    if have > expected:
+        raise PoisonlabError(f"{path}: {have - expected} bytes after the IDX data its header describes; the file is corrupt")
+
+
+def _read_upto(stream: BinaryIO, n: int) -> bytes:
+    parts: list[bytes] = []
+    got = 0
+    while got < n and (block := stream.read(n - got)):
+        parts.append(block)
+        got += len(block)
+    return b"".join(parts)
+
+
+def _read_stream(stream: BinaryIO, ndim: int | None, path: Path, raw_size: int | None,
+                 check: Callable[[tuple[int, ...]], None] | None) -> bytearray:
+    """The whole IDX file from ``stream``, header first: the body is read only once the header's
+    size (product of dims, in Python ints) is known to be under the cap and to match the file."""
+    first = _read_upto(stream, 4)
+    if ndim is None and len(first) == 4:  # magic 0x000008NN: unsigned bytes, NN dimensions
+        if first[:3] != b"\x00\x00\x08" or not 1 <= first[3] <= 4:
+            raise PoisonlabError(f"{path}: not an IDX file of unsigned bytes (magic number 0x{first.hex()}); "
+                                 "replace it with the official file")
+        ndim = first[3]
+    ndim = ndim or 1
+    header = 4 + 4 * ndim
+    if len(first) == 4:
+        _check_magic(first, ndim, path)  # the magic number is checked before the length
+    head = first + _read_upto(stream, header - len(first))
+    if len(head) < header:
+        raise PoisonlabError(f"{path}: truncated IDX file ({len(head)} bytes, the header alone needs {header})")
+    dims = _check_header(head, ndim, path)
+    expected = header + math.prod(dims)
+    if expected > max_file_bytes():
+        raise PoisonlabError(f"{path}: IDX header declares {_dims_text(dims)} = {expected} bytes, over the "
+                             f"{mib(max_file_bytes())} size cap; the file is corrupt or malicious "
+                             "(raise $POISONLAB_MAX_FILE_MB if it is genuine)")
+    if raw_size is not None:
+        _check_length(raw_size, expected, dims, path)  # an uncompressed file: its size is known
+    if check is not None:
+        check(dims)
+
+    def short(got: int) -> PoisonlabError:
+        return _length_error(header + got, expected, dims, path)
+
+    out = bytearray(head)
+    out += read_exactly(stream, expected - header, str(path), "IDX file", short)
+    extra = len(_read_upto(stream, CHUNK))
+    if extra:
+        raise PoisonlabError(f"{path}: {extra}{'+' if extra == CHUNK else ''} bytes after the IDX data its header "
+                             "describes; the file is corrupt")
+    return out
+
+
+def read_idx_bytes(path: Path, ndim: int | None = None, root: Path | None = None,
+                   check: Callable[[tuple[int, ...]], None] | None = None) -> bytearray:
+    """The decompressed bytes of one IDX file (raw or gzip, by magic bytes or a .gz name), bounded.
+
+    ``ndim`` is the expected number of dimensions (None: read from the magic number);
+    ``root`` the data folder the file must be a regular file in; ``check(dims)`` may refuse
+    the shape before the body is read. A gzip stream is inflated only up to the size its
+    header declares (plus one chunk to detect trailing data), never further.
+    """
+    with open_regular_file(path, root, label=str(path)) as f:
+        size = os.fstat(f.fileno()).st_size
+        magic = f.read(2)
+        f.seek(0)
+        if not (magic == b"\x1f\x8b" or path.name.endswith(".gz")):
+            return _read_stream(f, ndim, path, size, check)
+        try:
+            with gzip.GzipFile(fileobj=f, mode="rb") as gz:
+                return _read_stream(gz, ndim, path, None, check)  # type: ignore[arg-type]
+        except (OSError, EOFError, zlib.error) as e:
+            raise PoisonlabError(f"{path}: corrupt gzip data ({one_line(str(e), 200)}); "
+                                 "delete it and fetch it again") from e
 
 
 def _check_md5(raw: bytes, path: Path | str, spec: IdxSet, base: str) -> None:
@@ -153,13 +242,10 @@ def _check_md5(raw: bytes, path: Path | str, spec: IdxSet, base: str) -> None:
     )
 
 
-def read_idx(path: Path, ndim: int, spec: IdxSet | None = None, verify: bool | None = None) -> np.ndarray:
-    """Read, decompress, checksum (see module docstring) and parse one IDX file."""
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise PoisonlabError(f"cannot read {path}: {e.strerror or e}") from e
-    raw = decompress(data, path)
+def read_idx(path: Path, ndim: int, spec: IdxSet | None = None, verify: bool | None = None,
+             root: Path | None = None, check: Callable[[tuple[int, ...]], None] | None = None) -> np.ndarray:
+    """Read (bounded, see :func:`read_idx_bytes`), checksum (see module docstring) and parse one IDX file."""
+    raw = read_idx_bytes(path, ndim, root, check)
     base = path.name.removesuffix(".gz")
     if spec is not None and base in spec.md5:
         if verify or (verify is None and len(raw) == OFFICIAL_SIZES[base]):
@@ -170,18 +256,19 @@ def read_idx(path: Path, ndim: int, spec: IdxSet | None = None, verify: bool | N
 def _pick(folder: Path, base: str) -> Path:
     """The raw file when present (no decompression), else the .gz one."""
     raw = folder / base
-    return raw if raw.exists() else folder / f"{base}.gz"
+    return raw if os.path.lexists(raw) else folder / f"{base}.gz"  # a link or FIFO is picked, then refused
 
 
 def _load_part(folder: Path, spec: IdxSet, part: str, verify: bool | None) -> Dataset:
     img_path = _pick(folder, FILES[f"{part}_images"])
     lab_path = _pick(folder, FILES[f"{part}_labels"])
-    images = read_idx(img_path, 3, spec, verify)
-    labels = read_idx(lab_path, 1, spec, verify)
-    if images.shape[1:] != (SIDE, SIDE):
-        raise PoisonlabError(
-            f"{img_path}: images are {images.shape[1]}x{images.shape[2]}, {spec.title} images are {SIDE}x{SIDE}"
-        )
+
+    def image_side(dims: tuple[int, ...]) -> None:  # refused before the pixels are read
+        if dims[1:] != (SIDE, SIDE):
+            raise PoisonlabError(f"{img_path}: images are {dims[1]}x{dims[2]}, {spec.title} images are {SIDE}x{SIDE}")
+
+    images = read_idx(img_path, 3, spec, verify, folder, image_side)
+    labels = read_idx(lab_path, 1, spec, verify, folder)
     if len(labels) != len(images):
         raise PoisonlabError(f"{lab_path}: {len(labels)} labels but {img_path.name} has {len(images)} images")
     if len(labels) and int(labels.max()) >= len(spec.classes):
@@ -206,7 +293,7 @@ def download_idx(name: str, folder: Path, quiet: bool = False) -> None:
             continue
 
         def verify(tmp: Path, base: str = base) -> None:
-            raw = decompress(tmp.read_bytes(), Path(f"{base}.gz"))
+            raw = read_idx_bytes(tmp, 3 if "images" in base else 1)
             _check_md5(raw, f"{base}.gz downloaded from {base_url}", spec, base)
 
         fetch_url(f"{base_url}{base}.gz", folder / f"{base}.gz", verify=verify, quiet=quiet)

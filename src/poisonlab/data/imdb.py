@@ -7,9 +7,11 @@ Official layout::
     aclImdb/test/{neg,pos}/ID_RATING.txt
 
 read from the ``aclImdb/`` folder or straight from ``aclImdb-labeled.tar.gz`` /
-``aclImdb_v1.tar.gz`` (streamed, nothing is extracted to disk; member names are checked
-with :mod:`.safe_files`). ``train/unsup/``, the ``*Bow.feat`` files, ``imdb.vocab`` and
-the URL lists are ignored. The folder is used when present, else the first archive.
+``aclImdb_v1.tar.gz`` (streamed, nothing is extracted to disk; member names and sizes are
+checked with :mod:`.archives`). Files of the folder are read only as regular files inside
+the data folder: links, FIFOs, devices and sub-folders in a label folder are refused.
+``train/unsup/``, the ``*Bow.feat`` files, ``imdb.vocab`` and the URL lists are ignored.
+The folder is used when present, else the first archive.
 
 Texts are decoded as UTF-8 (undecodable bytes become U+FFFD) and each ``<br />`` line
 break becomes one space. Ratings follow the official rule: 1-4 in ``neg/``, 7-10 in
@@ -29,16 +31,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import PoisonlabError
+from ..errors import PoisonlabError, one_line, shown
 from .base import DATASETS, Dataset, DatasetSpec, DataSplit, not_found
-from .safe_files import iter_archive
+from .safe_files import check_real_dir, iter_archive, member_label, read_regular_file
 
 FOLDER = "aclImdb"
 ARCHIVES: tuple[str, ...] = ("aclImdb-labeled.tar.gz", "aclImdb_v1.tar.gz")
 SPLITS: tuple[str, ...] = ("train", "test")
 CLASSES: tuple[str, ...] = ("neg", "pos")
 RATINGS: dict[str, range] = {"neg": range(1, 5), "pos": range(7, 11)}
-_NAME = re.compile(r"^(\d+)_(\d+)\.txt$")
+_NAME = re.compile(r"^([0-9]{1,18})_([0-9]{1,2})\.txt$")  # ASCII digits, fits int64
 _BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
 
 # (split, label) -> list of (id, rating, text)
@@ -56,12 +58,13 @@ def parse_name(name: str, label: str, where: str) -> tuple[int, int]:
         name.encode("utf-8")
     except UnicodeEncodeError:
         raise PoisonlabError(
-            f"imdb: {where}: the file name is not valid UTF-8 ({name!r}); use the official aclImdb set"
+            f"imdb: {where}: the file name is not valid UTF-8 ({shown(name)}); use the official aclImdb set"
         ) from None
     m = _NAME.match(name)
     if m is None:
         raise PoisonlabError(
-            f"imdb: {where}: file name {name!r} is not ID_RATING.txt (e.g. 123_8.txt); use the official aclImdb layout"
+            f"imdb: {where}: file name {shown(name)} is not ID_RATING.txt (e.g. 123_8.txt); "
+            "use the official aclImdb layout"
         )
     review_id, rating = int(m.group(1)), int(m.group(2))
     if rating not in RATINGS[label]:
@@ -90,7 +93,7 @@ def _add(reviews: _Reviews, split: str, label: str, name: str, data: bytes, wher
     reviews.setdefault((split, label), []).append((review_id, rating, clean_text(data)))
 
 
-def _read_folder(folder: Path) -> _Reviews:
+def _read_folder(folder: Path, root: Path) -> _Reviews:
     reviews: _Reviews = {}
     for split in SPLITS:
         for label in CLASSES:
@@ -100,18 +103,18 @@ def _read_folder(folder: Path) -> _Reviews:
                     f"imdb: {sub} not found; {folder} must hold train/neg, train/pos, test/neg and test/pos "
                     "(official aclImdb layout)"
                 )
+            for linked in (folder, folder / split, sub):  # a linked folder is refused, not followed
+                if linked != root:
+                    check_real_dir(linked, f"imdb: {linked}")
             try:
                 with os.scandir(sub) as it:
-                    entries = sorted((e for e in it if e.is_file()), key=lambda e: e.name)
+                    entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
             except OSError as e:
                 raise PoisonlabError(f"imdb: cannot list {sub}: {e.strerror or e}") from e
-            for entry in entries:
-                try:
-                    with open(entry.path, "rb") as f:
-                        data = f.read()
-                except OSError as e:
-                    raise PoisonlabError(f"imdb: cannot read {entry.path}: {e.strerror or e}") from e
-                _add(reviews, split, label, entry.name, data, entry.path)
+            for entry in entries:  # links, folders, FIFOs and devices are refused by the read
+                where = entry.path if entry.name.isprintable() else one_line(entry.path, 400)  # any byte but / and NUL
+                data = read_regular_file(entry.path, root, label=f"imdb: {where}")
+                _add(reviews, split, label, entry.name, data, where)
     return reviews
 
 
@@ -120,7 +123,7 @@ def _read_archive(archive: Path) -> _Reviews:
     for member, data in iter_archive(archive, lambda n: member_key(n) is not None):
         key = member_key(member)
         if key is not None:
-            _add(reviews, key[0], key[1], key[2], data, f"{archive}:{member}")
+            _add(reviews, key[0], key[1], key[2], data, member_label(archive, member))
     return reviews
 
 
@@ -156,9 +159,10 @@ def find_source(folder: Path) -> Path | None:
     return next((folder / a for a in ARCHIVES if (folder / a).is_file()), None)
 
 
-def load_imdb_from(source: Path) -> DataSplit:
-    """IMDB from an ``aclImdb/`` folder or an archive holding it."""
-    reviews = _read_folder(source) if source.is_dir() else _read_archive(source)
+def load_imdb_from(source: Path, root: Path | None = None) -> DataSplit:
+    """IMDB from an ``aclImdb/`` folder or an archive holding it; files must stay in ``root``
+    (default: ``source``), the data folder."""
+    reviews = _read_folder(source, root or source) if source.is_dir() else _read_archive(source)
     return DataSplit(_dataset(reviews, "train", source), _dataset(reviews, "test", source))
 
 
@@ -167,7 +171,7 @@ def load_imdb(roots: list[Path], download: bool = False) -> DataSplit:
     for folder in roots:
         source = find_source(folder)
         if source is not None:
-            return load_imdb_from(source)
+            return load_imdb_from(source, folder)
     hint = " (IMDB has no automatic download; get aclImdb_v1.tar.gz from the Stanford AI Lab site)" if download else ""
     raise not_found("imdb", f"{FOLDER}/ folder or {' / '.join(ARCHIVES)}", roots, hint)
 

@@ -1,33 +1,46 @@
-"""Checked downloads, checksums and safe archive access for the data-set loaders.
+"""Checked downloads, checksums, regular-file reads and (re-exported) safe archive access.
 
 * :func:`download` fetches one URL into a temp file next to its destination, verifies
   its checksum and only then renames it into place (no half-written or unverified file
   is ever left under the real name).
-* :func:`safe_extract` unpacks .tar/.tar.gz/.tgz/.zip archives after refusing any member
-  with an absolute path, a ``..`` component, a link pointing outside the target folder
-  or a device/FIFO; :func:`iter_archive` and :func:`read_member` read members in memory
-  without extracting (GTSRB and CIFAR-10 are read straight from their archives).
+* :func:`open_regular_file` / :func:`read_regular_file` open a data file only if it is a
+  regular file inside its data folder: ``O_NOFOLLOW | O_NONBLOCK`` (a final symlink is
+  refused, a FIFO cannot block), ``fstat`` on the open descriptor (devices, FIFOs,
+  sockets and folders refused; a swap after ``lstat`` detected), the size checked against
+  ``$POISONLAB_MAX_FILE_MB`` (:mod:`.limits`) before reading, and the real path kept
+  under the data folder (a symlinked parent folder cannot lead out).
+* :func:`safe_extract`, :func:`iter_archive` and :func:`read_member` live in
+  :mod:`.archives` and are re-exported here.
 * :func:`file_md5`, :func:`file_sha256` and :func:`bytes_md5` are the checksum helpers.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.client
 import os
 import stat
 import sys
-import tarfile
 import tempfile
 import urllib.error
 import urllib.request
-import zipfile
-from pathlib import Path, PurePosixPath
-from typing import Callable, Iterator
+from pathlib import Path
+from typing import BinaryIO, Callable
 
-from ..errors import PoisonlabError
+from ..errors import PoisonlabError, one_line
+from .archives import (  # noqa: F401  (re-exported: the loaders' one place for data access)
+    ARCHIVE_SUFFIXES,
+    check_member_name,
+    is_archive,
+    iter_archive,
+    member_label,
+    read_member,
+    safe_extract,
+)
+from .limits import check_file_size, max_file_bytes
 
 CHUNK = 1 << 20
-ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
+UNCAPPED = 1 << 62  # max_bytes for files that are streamed, never read whole (archives)
 
 
 # ---------------------------------------------------------------- checksums
@@ -166,186 +179,137 @@ def download(
     return dest
 
 
-# ---------------------------------------------------------------- archives
+
+# ---------------------------------------------------------------- regular files
+
+_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a symbolic link"))
 
 
-def is_archive(path: str | Path) -> bool:
-    """Whether ``path`` has one of the archive suffixes handled here."""
-    return str(path).lower().endswith(ARCHIVE_SUFFIXES)
+def file_kind(mode: int) -> str:
+    """What a non-regular ``st_mode`` is, in words (``"a FIFO (named pipe)"``)."""
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
 
 
-def _unsafe_reason(name: str) -> str | None:
-    """Why an archive member name is unsafe, or None."""
-    if not name:
-        return "an empty name"
-    unified = name.replace("\\", "/")
-    if unified.startswith("/") or (len(unified) > 1 and unified[1] == ":"):
-        return "an absolute path"
-    if ".." in unified.split("/"):
-        return "a '..' component"
-    return None
+def refuse_special(label: str, mode: int) -> PoisonlabError:
+    """The one-line error for a data-folder entry that is not a regular file."""
+    if stat.S_ISLNK(mode):
+        return PoisonlabError(f"{label}: is a symbolic link; data files must be regular files inside the data "
+                              "folder, replace the link with the file itself")
+    return PoisonlabError(f"{label}: is {file_kind(mode)}, not a regular file; remove it from the data folder "
+                          "and put the real file there")
 
 
-def _refuse(archive: Path, member: str, why: str) -> PoisonlabError:
-    return PoisonlabError(
-        f"unsafe archive {archive}: member '{member}' has {why}; refusing this archive "
-        "(use the official one)"
-    )
-
-
-def check_member_name(archive: Path, name: str) -> None:
-    """Raise when an archive member name is absolute or contains ``..``."""
-    why = _unsafe_reason(name)
-    if why:
-        raise _refuse(archive, name, why)
-
-
-def _link_escapes(member: tarfile.TarInfo) -> bool:
-    """Whether a tar link's target, taken lexically, leaves the archive root."""
-    target = member.linkname.replace("\\", "/")
-    if target.startswith("/"):
-        return True
-    base = PurePosixPath(member.name).parent if member.issym() else PurePosixPath(".")
-    depth = 0
-    for part in (base / target).parts:
-        if part == "..":
-            depth -= 1
-            if depth < 0:
-                return True
-        elif part not in ("", "."):
-            depth += 1
-    return False
-
-
-def _check_tar_member(archive: Path, member: tarfile.TarInfo) -> None:
-    check_member_name(archive, member.name)
-    if (member.issym() or member.islnk()) and _link_escapes(member):
-        raise _refuse(archive, member.name, f"a link to '{member.linkname}' outside the target folder")
-    if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
-        raise _refuse(archive, member.name, "a special file type (device or FIFO)")
-
-
-def _within(root: str, path: str) -> bool:
-    return os.path.commonpath([root, path]) == root
-
-
-def _open_tar(archive: Path, mode: str = "r:*") -> tarfile.TarFile:
+def check_real_dir(path: str | Path, label: str | None = None) -> None:
+    """Refuse a data sub-folder that is a symbolic link or not a folder at all (never followed)."""
+    name = label or str(path)
     try:
-        return tarfile.open(archive, mode)
-    except (tarfile.TarError, OSError, EOFError) as e:
-        raise PoisonlabError(f"cannot open archive {archive}: {e}; the file is corrupt, fetch it again") from e
+        mode = os.lstat(path).st_mode
+    except OSError as e:
+        raise PoisonlabError(f"cannot list {name}: {e.strerror or e}") from e
+    if not stat.S_ISDIR(mode):
+        raise refuse_special(name, mode)
 
 
-def _open_zip(archive: Path) -> zipfile.ZipFile:
+def outside(path: str | Path, root: str | Path) -> bool:
+    """Whether ``path``'s real location leaves ``root``'s real location."""
+    real, base = os.path.realpath(path), os.path.realpath(root)
+    return os.path.commonpath([real, base]) != base
+
+
+# (folder, data folder) -> (folder's st_dev, st_ino, whether it lies inside): a hit is used only
+# while the folder still is that directory, so a large tree costs one stat per file, not a
+# realpath (a stat per path component)
+_INSIDE: dict[tuple[str, str], tuple[int, int, bool]] = {}
+
+
+def _inside(path: str | Path, root: str | Path) -> bool:
+    """Whether a file (whose last component is known not to be a link) really lies under ``root``."""
+    parent, base = os.path.dirname(os.fspath(path)) or ".", os.fspath(root)
+    st = os.stat(parent)
+    hit = _INSIDE.get((parent, base))
+    if hit is not None and hit[:2] == (st.st_dev, st.st_ino):
+        return hit[2]
+    real, real_base = os.path.realpath(parent), os.path.realpath(base)
+    ok = real == real_base or real.startswith(real_base.rstrip(os.sep) + os.sep)
+    if len(_INSIDE) > 4096:
+        _INSIDE.clear()
+    _INSIDE[(parent, base)] = (st.st_dev, st.st_ino, ok)
+    return ok
+
+
+_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) \
+    | getattr(os, "O_NOCTTY", 0)
+
+
+def _open(path: str | Path, root: str | Path | None, limit: int, label: str | None) -> tuple[int, int]:
+    """The open descriptor and the file's size; see :func:`open_regular_file`. Messages are built
+    only on failure (a large tree opens tens of thousands of files)."""
+    def name() -> str:
+        return one_line(label or str(path), 400)
+
     try:
-        return zipfile.ZipFile(archive)
-    except (zipfile.BadZipFile, OSError) as e:
-        raise PoisonlabError(f"cannot open archive {archive}: {e}; the file is corrupt, fetch it again") from e
+        before = os.lstat(path)  # a FIFO or device is refused without being opened
+    except OSError as e:
+        raise PoisonlabError(f"cannot read {name()}: {e.strerror or e}") from e
+    if not stat.S_ISREG(before.st_mode):
+        raise refuse_special(name(), before.st_mode)
+    try:
+        fd = os.open(path, _FLAGS)  # O_NOFOLLOW: a link swapped in since the lstat fails here
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise refuse_special(name(), stat.S_IFLNK) from e
+        raise PoisonlabError(f"cannot read {name()}: {e.strerror or e}") from e
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != (before.st_dev, before.st_ino):
+            raise PoisonlabError(f"{name()}: changed while being opened (now {file_kind(st.st_mode)}); "
+                                 "something is modifying the data folder, try again when it is done")
+        if root is not None and not _inside(path, root):
+            raise PoisonlabError(f"{name()}: resolves to {one_line(os.path.realpath(path), 200)}, outside the data "
+                                 f"folder {root} (through a linked folder); put the real files in the data folder")
+        if st.st_size > limit:
+            check_file_size(name(), st.st_size)  # the file cap's own message
+            raise PoisonlabError(f"{name()}: is {st.st_size} bytes, more than the {limit} expected; not a genuine file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st.st_size  # O_NONBLOCK is left on: it means nothing for a regular file
 
 
-def _extract_tar(archive: Path, dest: Path) -> list[Path]:
-    root = os.path.realpath(dest)
-    out: list[Path] = []
-    with _open_tar(archive) as tar:
-        try:
-            members = tar.getmembers()
-        except (tarfile.TarError, OSError, EOFError) as e:
-            raise PoisonlabError(f"cannot read archive {archive}: {e}; the file is corrupt or truncated, fetch it again") from e
-        for m in members:  # validate everything before writing anything
-            _check_tar_member(archive, m)
-        has_filter = hasattr(tarfile, "data_filter")
-        for m in members:
-            target = dest / m.name
-            # links extracted earlier could redirect a later member: check the real path
-            if not _within(root, os.path.realpath(target.parent)):
-                raise _refuse(archive, m.name, "a path that leads outside the target folder through a link")
-            if m.issym() and not _within(root, os.path.realpath(target.parent / m.linkname)):
-                raise _refuse(archive, m.name, f"a link to '{m.linkname}' outside the target folder")
-            kwargs = {"filter": "data"} if has_filter else {}
-            try:
-                tar.extract(m, dest, set_attrs=False, **kwargs)
-            except (tarfile.TarError, OSError, EOFError) as e:
-                raise PoisonlabError(f"cannot extract '{m.name}' from {archive}: {e}; fetch the archive again") from e
-            out.append(target)
-    return out
+def open_regular_file(path: str | Path, root: str | Path | None = None, *, max_bytes: int | None = None,
+                      label: str | None = None) -> BinaryIO:
+    """``path`` opened for reading if it is a regular file (see the module docstring), else a one-line error.
 
-
-def _zip_is_link(info: zipfile.ZipInfo) -> bool:
-    return stat.S_ISLNK(info.external_attr >> 16)
-
-
-def _extract_zip(archive: Path, dest: Path) -> list[Path]:
-    out: list[Path] = []
-    with _open_zip(archive) as zf:
-        infos = zf.infolist()
-        for info in infos:
-            check_member_name(archive, info.filename)
-            if _zip_is_link(info):
-                raise _refuse(archive, info.filename, "a symbolic link")
-        for info in infos:
-            out.append(Path(zf.extract(info, dest)))
-    return out
-
-
-def safe_extract(archive: str | Path, dest: str | Path) -> list[Path]:
-    """Extract a .tar/.tar.gz/.tgz/.zip into ``dest`` after validating every member.
-
-    Refuses (before writing anything) absolute names, ``..`` components, links whose
-    target leaves ``dest``, zip symlinks and special files. Returns the extracted paths.
+    ``root`` is the data folder the file must stay in (None: no folder check); ``max_bytes``
+    the largest size accepted (None: ``$POISONLAB_MAX_FILE_MB``; :data:`UNCAPPED` for
+    archives, which are streamed); ``label`` names the file in messages (shown on one line).
     """
-    archive, dest = Path(archive), Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    if str(archive).lower().endswith(".zip"):
-        return _extract_zip(archive, dest)
-    if is_archive(archive):
-        return _extract_tar(archive, dest)
-    raise PoisonlabError(f"{archive}: not a supported archive; expected one of {', '.join(ARCHIVE_SUFFIXES)}")
+    fd, _ = _open(path, root, max_file_bytes() if max_bytes is None else max_bytes, label)
+    return os.fdopen(fd, "rb")
 
 
-def _iter_tar(archive: Path, select: Callable[[str], bool] | None) -> Iterator[tuple[str, bytes]]:
-    # stream mode: one sequential pass, no seeking back in the compressed stream
-    with _open_tar(archive, "r|*") as tar:
-        try:
-            for m in tar:
-                check_member_name(archive, m.name)
-                if not m.isfile() or (select is not None and not select(m.name)):
-                    continue
-                f = tar.extractfile(m)
-                yield m.name, f.read() if f is not None else b""
-        except (tarfile.TarError, OSError, EOFError) as e:
-            raise PoisonlabError(f"cannot read archive {archive}: {e}; the file is corrupt or truncated, fetch it again") from e
-
-
-def _iter_zip(archive: Path, select: Callable[[str], bool] | None) -> Iterator[tuple[str, bytes]]:
-    with _open_zip(archive) as zf:
-        for info in zf.infolist():
-            check_member_name(archive, info.filename)
-            if info.is_dir() or _zip_is_link(info) or (select is not None and not select(info.filename)):
-                continue
-            try:
-                data = zf.read(info)
-            except (zipfile.BadZipFile, OSError, EOFError) as e:
-                raise PoisonlabError(f"cannot read '{info.filename}' from {archive}: {e}; fetch the archive again") from e
-            yield info.filename, data
-
-
-def iter_archive(archive: str | Path, select: Callable[[str], bool] | None = None) -> Iterator[tuple[str, bytes]]:
-    """Yield ``(member name, bytes)`` for each regular file, in archive order, without extracting.
-
-    ``select(name)`` limits which members are read. Every member name is validated
-    (absolute or ``..`` names raise); links, folders and special files are skipped.
-    """
-    archive = Path(archive)
-    if str(archive).lower().endswith(".zip"):
-        return _iter_zip(archive, select)
-    if is_archive(archive):
-        return _iter_tar(archive, select)
-    raise PoisonlabError(f"{archive}: not a supported archive; expected one of {', '.join(ARCHIVE_SUFFIXES)}")
-
-
-def read_member(archive: str | Path, name: str) -> bytes:
-    """The bytes of one member (matched by its name, ignoring a leading ``./``)."""
-    wanted = name.removeprefix("./")
-    for _, data in iter_archive(archive, lambda n: n.removeprefix("./") == wanted):
-        return data
-    raise PoisonlabError(f"'{name}' is not in archive {archive}; check that it is the right archive")
+def read_regular_file(path: str | Path, root: str | Path | None = None, max_bytes: int | None = None,
+                      label: str | None = None) -> bytes:
+    """The bytes of a regular file inside ``root`` (see :func:`open_regular_file`), read with a bound:
+    at most the cap plus one byte, however much the file grows meanwhile."""
+    limit = max_file_bytes() if max_bytes is None else max_bytes
+    fd, size = _open(path, root, limit, label)
+    try:
+        parts = [os.read(fd, min(size, limit) + 1)]
+        got = len(parts[0])
+        while got <= limit and (got > size or got < size):  # a short read, or the file grew: read on
+            more = os.read(fd, min(CHUNK, limit + 1 - got))
+            if not more:
+                break
+            parts.append(more)
+            got += len(more)
+    except OSError as e:
+        raise PoisonlabError(f"cannot read {one_line(label or str(path), 400)}: {e.strerror or e}") from e
+    finally:
+        os.close(fd)
+    if got > limit:
+        name = one_line(label or str(path), 400)
+        check_file_size(name, got)
+        raise PoisonlabError(f"{name}: more than the {limit} bytes expected; not a genuine file")
+    return parts[0] if len(parts) == 1 else b"".join(parts)
