@@ -23,7 +23,7 @@ import tarfile
 import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 from ..errors import PoisonlabError, one_line
 from .limits import (
@@ -228,18 +228,27 @@ def _zip_infos(archive: Path, zf: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
     return infos
 
 
-def _zip_read(archive: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
-    """One member, read with a bound: zipfile stops at the declared size and checks the CRC."""
+def _bounded_member(archive: Path, name: str, open_member: Callable[[], Any], size: int) -> bytes:
+    """Exactly the ``size`` bytes a member declares, read with a bound; a member that holds
+    more or less, or whose stream is corrupt, is a one-line error naming it."""
     try:
-        with zf.open(info) as f:
-            data = read_exactly(f, info.file_size, member_label(archive, info.filename), "member")
+        f = open_member()
+        if f is None:
+            return b""
+        with f:
+            data = read_exactly(f, size, member_label(archive, name), "member")
             if f.read(1):
                 raise zipfile.BadZipFile("more data than declared")
     except PoisonlabError:
         raise
     except CORRUPT as e:
-        raise _corrupt(archive, e, info.filename) from e
+        raise _corrupt(archive, e, name) from e
     return bytes(data)
+
+
+def _zip_read(archive: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+    """One member, read with a bound: zipfile stops at the declared size and checks the CRC."""
+    return _bounded_member(archive, info.filename, lambda: zf.open(info), info.file_size)
 
 
 def _with_zip(archive: Path, fn: Callable[[zipfile.ZipFile], object]):
@@ -300,14 +309,7 @@ def _iter_tar(archive: Path, select: Callable[[str], bool] | None) -> Iterator[t
             _check_size(archive, m.name, m.size)  # before reading, selected or not
         if not m.isfile() or (select is not None and not select(m.name)):
             continue
-        try:
-            f = tar.extractfile(m)
-            data = read_exactly(f, m.size, member_label(archive, m.name), "member") if f else b""
-        except PoisonlabError:
-            raise
-        except CORRUPT as e:
-            raise _corrupt(archive, e, m.name) from e
-        yield m.name, bytes(data)
+        yield m.name, _bounded_member(archive, m.name, lambda: tar.extractfile(m), m.size)
 
 
 def _iter_zip(archive: Path, select: Callable[[str], bool] | None) -> Iterator[tuple[str, bytes]]:
