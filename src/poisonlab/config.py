@@ -273,14 +273,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
     Keyword arguments (e.g. ``seed=1``, ``device="cpu"``) set top-level keys when not None.
     """
+    return load_validated(ExperimentConfig, path, overrides, top)
+
+
+def load_validated(cls: type[T], path: str | Path | None, overrides: list[str] | None, top: dict[str, Any]) -> T:
+    """Config dataclass ``cls`` from a YAML file (or nothing), ``--set`` overrides and top-level
+    keys (``None`` values skipped): every number checked, then every key, then ``validate()``."""
     raw = read_yaml(path) if path is not None else {}
     raw = apply_overrides(raw, overrides or [])
     for key, value in top.items():
         if value is not None:
             raw[key] = value
     check_values(raw)
-    cfg = from_dict(ExperimentConfig, raw)
-    cfg.validate()
+    cfg = from_dict(cls, raw)
+    cfg.validate()  # type: ignore[attr-defined]
     return cfg
 
 

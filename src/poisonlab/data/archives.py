@@ -14,6 +14,7 @@ bounded, since a zip can lie about its sizes (:mod:`.limits`).
 from __future__ import annotations
 
 import bz2
+import contextlib
 import gzip
 import lzma
 import os
@@ -251,14 +252,21 @@ def _zip_read(archive: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> byte
     return _bounded_member(archive, info.filename, lambda: zf.open(info), info.file_size)
 
 
-def _with_zip(archive: Path, fn: Callable[[zipfile.ZipFile], object]):
+@contextlib.contextmanager
+def _zip(archive: Path) -> Iterator[zipfile.ZipFile]:
+    """The archive opened as a zip (through :func:`_open_raw`); a corrupt one is a one-line error."""
     with _open_raw(archive) as raw:
         try:
             zf = zipfile.ZipFile(raw)
         except CORRUPT as e:
             raise _corrupt(archive, e) from e
         with zf:
-            return fn(zf)
+            yield zf
+
+
+def _with_zip(archive: Path, fn: Callable[[zipfile.ZipFile], object]):
+    with _zip(archive) as zf:
+        return fn(zf)
 
 
 def _extract_zip(archive: Path, dest: Path) -> list[Path]:
@@ -313,16 +321,11 @@ def _iter_tar(archive: Path, select: Callable[[str], bool] | None) -> Iterator[t
 
 
 def _iter_zip(archive: Path, select: Callable[[str], bool] | None) -> Iterator[tuple[str, bytes]]:
-    with _open_raw(archive) as raw:
-        try:
-            zf = zipfile.ZipFile(raw)
-        except CORRUPT as e:
-            raise _corrupt(archive, e) from e
-        with zf:
-            for info in _zip_infos(archive, zf):
-                if info.is_dir() or _zip_is_link(info) or (select is not None and not select(info.filename)):
-                    continue
-                yield info.filename, _zip_read(archive, zf, info)
+    with _zip(archive) as zf:
+        for info in _zip_infos(archive, zf):
+            if info.is_dir() or _zip_is_link(info) or (select is not None and not select(info.filename)):
+                continue
+            yield info.filename, _zip_read(archive, zf, info)
 
 
 def iter_archive(archive: str | Path, select: Callable[[str], bool] | None = None) -> Iterator[tuple[str, bytes]]:

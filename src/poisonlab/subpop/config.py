@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..attacks.badnets import MAX_CLASSES
-from ..checks import (MAX_COUNT, MAX_EPOCHS, MAX_LR, MAX_ROWS, SEED_MAX, check_model_options, check_values, is_whole,
+from ..checks import (MAX_COUNT, MAX_EPOCHS, MAX_LR, MAX_ROWS, SEED_MAX, check_model_options, is_whole,
                       need_int, need_number)
-from ..config import OutputConfig, apply_overrides, from_dict, read_yaml
+from ..config import OutputConfig, load_validated
 from ..errors import PoisonlabError, shown
 from .defended import NEEDS_VALIDATION, DefenseSpec, parse_defenses
 from .learners import LearnerSpec
@@ -174,12 +174,4 @@ class SubpopConfig:
 def load_subpop_config(path: str | Path | None = None, overrides: list[str] | None = None,
                        **top: Any) -> SubpopConfig:
     """Read, override (``--set``) and validate a subpopulation config."""
-    raw = read_yaml(path) if path is not None else {}
-    raw = apply_overrides(raw, overrides or [])
-    for key, value in top.items():
-        if value is not None:
-            raw[key] = value
-    check_values(raw)
-    cfg = from_dict(SubpopConfig, raw)
-    cfg.validate()
-    return cfg
+    return load_validated(SubpopConfig, path, overrides, top)
