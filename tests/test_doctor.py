@@ -106,3 +106,31 @@ def test_table_output_escapes_markup_in_names(tmp_path, capsys):
     assert exc.value.code == 1
     assert "[red]x" in out.replace("\n", "").replace(" ", "").replace("│", "")
     assert "1 problem(s) found" in out
+
+
+def test_sha256sums_manifest_is_checked_and_untrusted(tmp_path, capsys):
+    import hashlib
+
+    data = tmp_path / "data"
+    paths = write_set(data / "mnist")
+    good = paths["train_images"]
+    digest = hashlib.sha256(good.read_bytes()).hexdigest()
+    (data / "mnist" / "alias").symlink_to(good)
+    (data / "SHA256SUMS").write_text(
+        f"{digest}  ./mnist/{good.name}\n"
+        f"{'0' * 64}  ./mnist/{paths['test_labels'].name}\n"
+        f"{digest}  ../outside\n"
+        "not a checksum line\n"
+        f"{digest}  ./mnist/alias\n"
+        f"{digest}  ./adult/adult.data\n"  # another data set's file: not reported under mnist
+    )
+    code, rows = doctor(capsys, "--data-dir", str(data), "-d", "mnist", "--no-load")
+    details = [(r["status"], r["detail"]) for r in rows if r["item"] == "mnist"]
+    assert code == 1
+    assert ("ok", f"{good}: SHA-256 matches SHA256SUMS") in details
+    bad = [d for s, d in details if s == "refused"]
+    assert any(d.startswith(str(paths["test_labels"])) and f"SHA256SUMS says {'0' * 64}" in d for d in bad)
+    assert any("line 3 names '../outside', outside the manifest's folder" in d for d in bad)
+    assert any("line 4 is not '<sha256>  <path>'" in d for d in bad)
+    assert any(d.startswith(str(data / "mnist" / "alias")) and "link" in d for d in bad)
+    assert not any("adult" in d for _, d in details)

@@ -4,7 +4,7 @@ It answers, before an experiment, the question a supply-chain audit asks of ever
 would poisonlab accept this file, and if not, why? Each data set found in the search
 folders is scanned for entries a loader refuses (links, devices, FIFOs, files over the
 size cap, paths leaving the folder), checked against the official checksums where they
-are known, and (unless ``load=False``) loaded through the same hardened loader a run
+are known and against a ``SHA256SUMS`` manifest beside it (see :mod:`poisonlab.data.manifest`), and (unless ``load=False``) loaded through the same hardened loader a run
 uses; the run store's index, run folders, baseline cache and temporary folders are
 checked read-only; each config is parsed and validated. Nothing is written or repaired.
 """
@@ -68,10 +68,24 @@ def _official_checksums(name: str, folder: Path) -> list[Finding]:
     return out
 
 
+def _manifest_checks(name: str, folder: Path) -> list[Finding]:
+    """The data set's files against a ``SHA256SUMS`` manifest in its folder or the one above."""
+    from .data.manifest import find_manifest, verify_manifest
+
+    manifest = find_manifest(folder)
+    if manifest is None:
+        return []
+    try:
+        results = verify_manifest(manifest, folder)
+    except PoisonlabError as exc:
+        return [Finding("data", name, REFUSED, one_line(str(exc)))]
+    return [Finding("data", name, OK if ok else REFUSED, f"{path}: {detail}") for path, ok, detail in results]
+
+
 def _describe_split(split) -> str:
-    shape = "x".join(str(d) for d in split.train.x.shape[1:])
-    return (f"loads: {len(split.train):,} train + {len(split.test):,} test rows of {shape}, "
-            f"{split.train.num_classes} classes")
+    dims = tuple(split.train.x.shape[1:])
+    what = "texts" if dims in ((), (0,)) and "text" in split.train.meta else "rows of " + "x".join(map(str, dims))
+    return f"loads: {len(split.train):,} train + {len(split.test):,} test {what}, {split.train.num_classes} classes"
 
 
 def check_dataset(name: str, data_dir: str | Path | None = None, load: bool = True) -> list[Finding]:
@@ -87,6 +101,7 @@ def check_dataset(name: str, data_dir: str | Path | None = None, load: bool = Tr
         return [Finding("data", name, MISSING, "not in the search folders (poisonlab datasets lists them)")]
     out = [Finding("data", name, REFUSED, f"{path}: {problem}") for path, problem in scan_data_folder(folder)]
     out += _official_checksums(name, folder)
+    out += _manifest_checks(name, folder)
     if load:
         start = time.perf_counter()
         try:
