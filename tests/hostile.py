@@ -137,4 +137,20 @@ def assert_one_line_error(out: Outcome, *needles: str, max_seconds: float = 30.0
         assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
     assert out.peak_mib < idle_peak_mib() + EXTRA_MIB, f"peak {out.peak_mib:.0f} MiB (idle {idle_peak_mib():.0f})"
     assert out.seconds < max_seconds, f"took {out.seconds:.1f}s"
+    _record(out, lines[0])
     return lines[0]
+
+
+def _record(out: Outcome, line: str) -> None:
+    """With ``$POISONLAB_HOSTILE_REPORT`` set, append what this case cost to that JSON-lines
+    file (bench/hostile_report.py turns it into the table of docs/security.md)."""
+    report = os.environ.get("POISONLAB_HOSTILE_REPORT")
+    if not report:
+        return
+    import json
+
+    row = {"test": os.environ.get("PYTEST_CURRENT_TEST", "?").split(" ")[0], "exit": out.returncode,
+           "peak_mib": round(out.peak_mib, 1), "idle_mib": round(idle_peak_mib(), 1),
+           "seconds": round(out.seconds, 2), "error": line}
+    with open(report, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(row) + "\n")
