@@ -53,6 +53,7 @@ def run_child(argv: list[str], *, cwd: Path | None = None, cap_mib: int = DEFAUL
               timeout: float = 60.0, env: dict[str, str] | None = None, stdin: str | None = None) -> Outcome:
     """Run ``argv`` under the memory cap; a child past ``timeout`` is killed and fails the test."""
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "",
+                "MALLOC_ARENA_MAX": "2",  # fewer reserved malloc arenas: the cap measures what is used
                 "POISONLAB_DATA": os.environ.get("POISONLAB_DATA", str(cwd or ROOT) + "/.no-data"),
                 **(env or {})}
     full_env.pop("PYTHONFAULTHANDLER")

@@ -26,6 +26,9 @@ EXAMPLE = ROOT / "examples" / "digits_badnets.yaml"
 TINY = ["train.epochs=1", "output.plots=false", "analysis.backdoor_neurons=false", "output.save_weights=false",
         "data.train_limit=400", "device=cpu"]
 SETS = [a for s in TINY for a in ("--set", s)]
+# a real training run maps far more address space than it touches (a malloc arena and a stack
+# per thread), so these children get a looser cap than the bomb tests' 2 GiB
+RUN_CAP_MIB = 8192
 
 
 def assert_consistent(root: Path) -> list[dict]:
@@ -48,7 +51,7 @@ def test_eight_runs_at_once_all_land(tmp_path):
     runs = tmp_path / "runs"
     with ThreadPoolExecutor(8) as pool:
         outs = list(pool.map(lambda _: run_cli(["run", str(EXAMPLE), "-q", "--output", str(runs), *SETS],
-                                               timeout=120), range(8)))
+                                               timeout=120, cap_mib=RUN_CAP_MIB), range(8)))
     for out in outs:
         assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr[-2000:]
     rows = assert_consistent(runs)
@@ -129,7 +132,7 @@ def test_kill_run_at_random_point_then_rerun(tmp_path, when, seed):
     _kill_after(proc, delay)
     before = assert_consistent(runs) if runs.is_dir() else []
     stale = temporaries(runs) if runs.is_dir() else []
-    out = run_cli(args, cwd=tmp_path, timeout=120)
+    out = run_cli(args, cwd=tmp_path, timeout=120, cap_mib=RUN_CAP_MIB)
     assert out.returncode == 0, out.stderr[-2000:]
     rows = assert_consistent(runs)
     assert len(rows) == len(before) + 1 and temporaries(runs) == []
@@ -162,7 +165,7 @@ def test_kill_matrix_at_random_point_then_rerun_reuses_finished_cells(tmp_path):
     assert killed, "the matrix finished before the kill; kill earlier"
     finished = {r["config_hash"] for r in assert_consistent(runs) if r["attack"] != "matrix"}
     assert finished <= hashes and len(finished) >= 1
-    out = run_cli(["matrix", str(grid), "-q"], cwd=tmp_path, timeout=120)
+    out = run_cli(["matrix", str(grid), "-q"], cwd=tmp_path, timeout=120, cap_mib=RUN_CAP_MIB)
     assert out.returncode == 0, out.stderr[-2000:]
     m = re.search(r"cells: (\d+) computed, (\d+) reused", out.stdout)
     assert m is not None, out.stdout[-2000:]
