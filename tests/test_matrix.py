@@ -103,6 +103,28 @@ def test_adding_a_seed_computes_one_new_cell(first):
     assert all(r["n_seeds"] == 3 for r in more.rows)
 
 
+def test_cell_of_other_data_or_code_is_not_reused(first, tmp_path):
+    """The config hash leaves out data.dir: a run made from other data (or other code) must be
+    recomputed, never served, so reuse also compares the recorded provenance."""
+    import shutil
+
+    from poisonlab.data import load_dataset
+    from poisonlab.provenance import provenance
+
+    out, outcome = first
+    store = tmp_path / "store"
+    shutil.copytree(out, store)
+    recorded = [json.loads((store / run_id / "metrics.json").read_text()) for run_id in outcome.computed]
+    assert all(m["provenance"] == provenance(load_dataset("digits")) for m in recorded)
+    seed0, seed1 = sorted(outcome.computed, key=lambda r: json.loads((store / r / "metrics.json").read_text())["seed"])
+    path = store / seed0 / "metrics.json"
+    metrics = json.loads(path.read_text())
+    metrics["provenance"]["data"] = "0" * 40  # as if computed on another data folder
+    path.write_text(json.dumps(metrics))
+    again = run_matrix(grid_from_dict(tiny_grid(store)))
+    assert again.reused == [seed1] and len(again.computed) == 1 and again.computed[0] != seed0
+
+
 def test_mean_std_single_seed_has_no_std():
     assert mean_std([0.5]) == (0.5, None)
     m, s = mean_std([1.0, 2.0, 3.0])

@@ -19,20 +19,19 @@ rewritten.
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors.torch import load as load_safetensors
 from torch import nn
 
 from . import store_tmp
 from .data.base import Dataset
+from .provenance import code_fingerprint, data_fingerprint  # noqa: F401  (part of this API)
 from .store import CACHE_DIR, save_weights  # noqa: F401  (CACHE_DIR: part of this API)
 from .store_json import StoreDamage, is_number, loads, read_bytes
 from .train import TrainResult
@@ -41,30 +40,6 @@ FORMAT = 1
 MAX_WEIGHTS_BYTES = 4 << 30
 MAX_INFO_BYTES = 4 << 20
 MAX_EPOCHS = 100_000
-
-
-def data_fingerprint(ds: Dataset | None) -> str | None:
-    """A digest of a data set's tensors and class names (None for no data set)."""
-    if ds is None:
-        return None
-    h = hashlib.blake2b(digest_size=20)
-    for t in (ds.x, ds.y):
-        a = np.ascontiguousarray(t.detach().cpu().numpy())
-        h.update(f"{a.dtype.str}{a.shape}".encode())
-        h.update(a.data)
-    h.update(json.dumps(list(ds.classes)).encode())
-    return h.hexdigest()
-
-
-@functools.lru_cache(maxsize=1)
-def code_fingerprint() -> str:
-    """A digest of every poisonlab source file (a code change, released or not, is a new key)."""
-    package = Path(__file__).resolve().parent
-    h = hashlib.blake2b(digest_size=20)
-    for f in sorted(package.rglob("*.py")):
-        h.update(str(f.relative_to(package)).encode() + b"\0")
-        h.update(f.read_bytes() + b"\0")
-    return h.hexdigest()
 
 
 def baseline_key(what: dict[str, Any], train: Dataset, val: Dataset | None, device: torch.device | str) -> str:

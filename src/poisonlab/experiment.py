@@ -43,6 +43,7 @@ from .metrics import (
 )
 from .models import build_model
 from .models.layers import conv_layers
+from .provenance import provenance
 from .resources import peak_cuda_mb, peak_rss_mb, timed
 from .run_outputs import summarize, write_outputs
 from .store import RunFolder, open_run, prepare_root, record_run, save_weights
@@ -212,7 +213,8 @@ def run_experiment(cfg: ExperimentConfig, quiet: bool = False) -> RunOutcome:
         base_eval, base_preds = evaluate(baseline.model, test, attack_set, cfg, device, "baseline")
         metrics: dict[str, Any] = {
             "name": cfg.name, "version": __version__, "seed": cfg.seed, "device": str(device),
-            "config_hash": chash, "platform": platform.platform(), "torch": torch.__version__,
+            "config_hash": chash, "provenance": provenance(split),
+            "platform": platform.platform(), "torch": torch.__version__,
             "threads": torch.get_num_threads(),  # CPU sums (so the last digits) can depend on it
             "data": {"name": cfg.data.name, "train": len(train), "validation": len(val) if val else 0,
                      "student_train": len(task.student_train) if task else None,

@@ -59,21 +59,22 @@ from .config import config_hash
 from .errors import PoisonlabError
 from .experiment import run_experiment
 from .matrix_grid import Cell, Grid, grid_from_dict, load_grid  # noqa: F401 (re-exported)
+from .matrix_reuse import (  # noqa: F401 (find_finished, cell_summary: re-exported)
+    SUBPOP_MEASURES,
+    _provenance_of,
+    cell_summary,
+    find_finished,
+    subpop_cell_summary,
+)
 from .resources import peak_cuda_mb, peak_rss_mb
 from .store import (
     open_run,
     prepare_root,
-    read_metrics,
     record_run,
-    run_folder,
-    runs_with_hash,
 )
-from .store_json import is_number
 from .subpop.config import SubpopConfig
-from .subpop.defended import defense_summary
 from .subpop.experiment import run_subpop_experiment
 
-SUBPOP_MEASURES = ("target_worst_k", "collateral_all", "clean_accuracy", "poisons_removed", "clean_removed")
 STD_NOTE = "std: sample standard deviation over seeds (ddof=1); – for a single seed"
 SUBPOP_NOTE = ("every number: mean ± std over seeds; target damage: mean over the k subpopulations worst "
                "without defense (the same ones for every defense), accuracy lost against the clean model A(D) "
@@ -96,62 +97,6 @@ class MatrixOutcome:
     notes: list[str] = field(default_factory=lambda: [STD_NOTE])
 
 
-def _badnets_done(metrics: dict[str, Any], defenses: list[str]) -> bool:
-    """Whether a BadNets cell's metrics hold every number the matrix reads, of the right type."""
-    try:
-        cells = cell_summary(metrics, defenses)
-        numbers = [metrics["baseline"]["clean_accuracy"], *(c[k] for c in cells.values()
-                                                             for k in ("clean_accuracy", "defense_seconds"))]
-        optional = [c["attack_success_rate"] for c in cells.values()]
-    except (KeyError, TypeError, AttributeError, IndexError):
-        return False
-    return all(map(is_number, numbers)) and all(v is None or is_number(v) for v in optional)
-
-
-def _subpop_done(metrics: dict[str, Any], defenses: list[str], alphas: list[float] | None = None) -> bool:
-    """Whether a subpop cell's metrics hold every (defense, alpha) entry the matrix reads (every
-    alpha of ``alphas`` when given), each number of the right type."""
-    if not all(k in metrics for k in ("summary", "time", "model")):
-        return False
-    try:
-        entries = subpop_cell_summary(metrics, defenses)
-        ok = is_number(metrics["model"]["clean_accuracy"]) and all(
-            is_number(e["alpha"]) and isinstance(e["k"], int) and not isinstance(e["k"], bool)
-            and all(isinstance(w, str) for w in e["worst_subpops"])
-            and all(e[m] is None or is_number(e[m]) for m in SUBPOP_MEASURES) for e in entries)
-        have = {(e["defense"], e["alpha"]) for e in entries}
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError):
-        return False
-    wanted = ["none", *defenses]
-    if not ok or not set(wanted) <= {d for d, _ in have}:
-        return False
-    return alphas is None or all((d, a) in have for d in wanted for a in alphas)
-
-
-def find_finished(root: str | Path, chash: str, defenses: list[str], kind: str = "badnets",
-                  alphas: list[float] | None = None) -> tuple[str, dict[str, Any]] | None:
-    """The newest finished run in store ``root`` with config hash ``chash`` holding every defense; else None.
-
-    A run counts when its index row is intact, its folder ``root/<id>`` holds a valid
-    ``metrics.json`` of that hash, and that holds the attacked model (``badnet``; for ``kind``
-    ``subpop``: ``summary``, ``model`` and every alpha of ``alphas``) and each defense's
-    result, every number the matrix reads of the right type. A damaged cell is not served:
-    it is skipped, so the matrix computes it again.
-    """
-    for row in runs_with_hash(root, chash):
-        if row.get("attack") == "matrix":
-            continue
-        try:
-            metrics = read_metrics(run_folder(root, row["id"]))
-        except PoisonlabError:
-            continue
-        if metrics.get("config_hash", chash) != chash:
-            continue
-        if _subpop_done(metrics, defenses, alphas) if kind == "subpop" else _badnets_done(metrics, defenses):
-            return row["id"], metrics
-    return None
-
-
 def mean_std(values: list[float]) -> tuple[float, float | None]:
     """Mean and sample standard deviation (ddof=1); the std is None for fewer than two values."""
     n = len(values)
@@ -170,35 +115,6 @@ def _stats(values: dict[str, list[float | None]]) -> dict[str, float | None]:
         kept = [float(v) for v in vals if v is not None]
         mean, std = mean_std(kept) if kept else (None, None)
         out[f"{name}_mean"], out[f"{name}_std"] = mean, std
-    return out
-
-
-def cell_summary(metrics: dict[str, Any], defenses: list[str]) -> dict[str, dict[str, Any]]:
-    """Per defense (``none`` first): clean accuracy, attack success and defense seconds of one BadNets cell."""
-    bad = metrics["badnet"]
-    out = {"none": {"clean_accuracy": bad["clean_accuracy"], "attack_success_rate": bad.get("attack_success_rate"),
-                    "defense_seconds": 0.0}}
-    for d in defenses:
-        m = metrics["defenses"][d]
-        out[d] = {"clean_accuracy": m["clean_accuracy"], "attack_success_rate": m.get("attack_success_rate"),
-                  "defense_seconds": m.get("defense_seconds", 0.0)}
-    return out
-
-
-def subpop_cell_summary(metrics: dict[str, Any], defenses: list[str]) -> list[dict[str, Any]]:
-    """One entry per (defense, alpha), ``none`` first, of one subpop cell: its ``metrics["defenses"]``
-    table (Jagielski et al., CCS 2021, Sec. 6; :func:`~poisonlab.subpop.defended.defense_summary`), or
-    that table computed from its rows when the grid has no defense. Rows removed are None for ``none``."""
-    table = metrics.get("defenses") or defense_summary(metrics["rows"], [])
-    out = []
-    for s in table:
-        if s["defense"] != "none" and s["defense"] not in defenses:
-            continue
-        undefended = s["defense"] == "none"
-        out.append({"defense": s["defense"], "alpha": s["alpha"], "k": s["k"],
-                    "worst_subpops": list(s.get("worst_subpops", [])),
-                    **{m: None if undefended and m in ("poisons_removed", "clean_removed") else s[m]
-                       for m in SUBPOP_MEASURES}})
     return out
 
 
@@ -340,10 +256,11 @@ def run_matrix(grid: Grid, echo: Callable[[str], None] | None = None) -> MatrixO
     cells: list[dict[str, Any]] = []
     computed: list[str] = []
     reused: list[str] = []
+    loaded: dict[tuple[Any, ...], dict[str, str]] = {}
     for i, cell in enumerate(grid.cells, 1):
         where = f"cell {i}/{len(grid.cells)} ({cell.attack}, seed {cell.seed})"
         alphas = list(cell.config.attack.alphas) if isinstance(cell.config, SubpopConfig) else None
-        found = find_finished(root, cell.hash, grid.defenses, grid.kind, alphas)
+        found = find_finished(root, cell.hash, grid.defenses, grid.kind, alphas, _provenance_of(cell, loaded))
         if found is not None:
             run_id, metrics = found
             reused.append(run_id)

@@ -25,6 +25,7 @@ from ..data.base import Dataset
 from ..data.splits import limit_rows
 from ..errors import PoisonlabError
 from ..models.layers import get_layer
+from ..provenance import provenance
 from ..resources import peak_rss_mb, timed
 from ..store import RunFolder, open_run, prepare_root, record_run, save_weights
 from .config import SubpopConfig
@@ -155,6 +156,7 @@ def run_subpop_experiment(cfg: SubpopConfig) -> tuple[RunFolder, dict[str, Any]]
     chash = subpop_config_hash(cfg)
     with open_run(cfg.output.dir, cfg.name, chash) as folder:
         metrics["config_hash"] = chash
+        metrics["provenance"] = provenance(split)
         _write(folder, cfg, resolved, metrics, rows, summary, clean)
     record_run(cfg.output.dir, {
         "id": folder.run_id, "created": time.strftime("%Y-%m-%d %H:%M:%S"), "name": cfg.name,
