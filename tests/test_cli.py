@@ -96,7 +96,7 @@ def test_run_then_runs_and_show(tmp_path, capsys):
     folder = Path(out.split("run folder:")[1].split()[0])
     m = json.loads((folder / "metrics.json").read_text())
     assert m["seed"] == 3 and m["attack"]["n_poison"] == 121
-    assert (folder / "weights" / "badnet.safetensors").is_file()
+    assert (folder / "weights" / "victim.safetensors").is_file()
     code, out, _ = run_cli(["runs", "--dir", str(runs)], capsys)
     assert folder.name[:12] in out
     code, out, _ = run_cli(["show", folder.name[:15], "--dir", str(runs)], capsys)

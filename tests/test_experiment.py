@@ -16,12 +16,12 @@ def test_digits_badnets_example_succeeds(tmp_path):
     out = run_experiment(cfg)
     m = out.metrics
     assert m["attack"]["n_poison"] == int(0.1 * m["data"]["train"])
-    assert m["badnet"]["attack_success_rate"] >= 0.90
-    assert m["baseline"]["clean_accuracy"] - m["badnet"]["clean_accuracy"] <= 0.03
+    assert m["victim"]["attack_success_rate"] >= 0.90
+    assert m["baseline"]["clean_accuracy"] - m["victim"]["clean_accuracy"] <= 0.03
     assert m["baseline"]["attack_success_rate"] < 0.5  # the clean model ignores the trigger
     folder = out.path
     for rel in ("config.yaml", "metrics.json", "tables/seed_table.csv", "tables/seed_table.md", "tables/summary.md",
-                "weights/baseline.safetensors", "weights/badnet.safetensors", "plots/trigger_examples.png",
+                "weights/baseline.safetensors", "weights/victim.safetensors", "plots/trigger_examples.png",
                 "plots/first_layer_filters.png", "plots/confusion.png", "plots/training.png"):
         assert (folder / rel).is_file(), rel
     assert m["time"]["total_seconds"] > 0 and m["peak_memory_mb"]["rss"] > 0
@@ -43,7 +43,7 @@ def test_same_seed_same_metrics(tmp_path):
     a = run_experiment(load_config(None, over + [f"output.dir={tmp_path / 'a'}"], device="cpu"))
     b = run_experiment(load_config(None, over + [f"output.dir={tmp_path / 'b'}"], device="cpu"))
     assert _stable(a.metrics) == _stable(b.metrics)
-    assert a.metrics["badnet"]["history"][-1]["loss"] > 0
+    assert a.metrics["victim"]["history"][-1]["loss"] > 0
 
 
 def test_baseline_cache_is_reused(tmp_path):
@@ -55,12 +55,12 @@ def test_baseline_cache_is_reused(tmp_path):
 
 
 def test_failed_run_leaves_nothing(tmp_path, monkeypatch):
-    import poisonlab.experiment as ex
+    import poisonlab.pipeline.runner as runner
 
     def boom(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(ex, "write_outputs", boom)
+    monkeypatch.setattr(runner, "write_outputs", boom)
     with pytest.raises(RuntimeError):
         run_experiment(load_config(None, ["train.epochs=1", f"output.dir={tmp_path}",
                                           "attack={name: badnets, p: 0.1}"], device="cpu"))

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import poisonlab.experiment as experiment
+import poisonlab.pipeline.steps as steps
 from poisonlab.cli import main
 from poisonlab.config import load_config
 from poisonlab.data.base import DataSplit
@@ -24,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from tiny_data import signs43  # noqa: E402
 
 SPLIT = DataSplit(signs43(12, 0), signs43(4, 1))
-BASE = ["data.name=gtsrb", "model.name=small-cnn", "model.options={convs_per_block: 1, width: 8}",
+BASE = ["analysis.traffic_signs=true", "data.name=gtsrb", "model.name=small-cnn", "model.options={convs_per_block: 1, width: 8}",
         "train.epochs=8", "train.optimizer=adam", "train.lr=0.005", "train.batch_size=64",
         "attack={name: badnets, p: 0.02, source: 14, target: 1, "
         "trigger: {kind: patch, color: [1, 1, 0], size: 4, corner: bottom-right}}"]
@@ -37,7 +38,7 @@ FULL = BASE + ["pruning_aware={step: 2}",
 def run(tmp_path_factory, one_thread):
     out_dir = tmp_path_factory.mktemp("runs")
     patch = pytest.MonkeyPatch()
-    patch.setattr(experiment, "load_dataset", lambda *a, **k: SPLIT)
+    patch.setattr(steps, "load_data", lambda *a, **k: SPLIT)
     try:
         cfg = load_config(None, FULL + [f"output.dir={out_dir}"], device="cpu")
         outcome = experiment.run_experiment(cfg, quiet=True)
@@ -51,9 +52,9 @@ def test_traffic_groups_agree_with_the_attack_metrics(run):
     g = out.metrics["traffic_groups"]
     assert g["trigger"] == "square" and (g["source"], g["target"]) == (14, 1)
     # the stop row of the backdoor column is the attack success on triggered stop signs
-    assert g["badnet_backdoor"]["stop"] == out.metrics["badnet"]["attack_success_rate"]
+    assert g["badnet_backdoor"]["stop"] == out.metrics["victim"]["attack_success_rate"]
     assert g["baseline_clean"]["average"] == out.metrics["baseline"]["clean_accuracy"]
-    assert g["badnet_clean"]["average"] == out.metrics["badnet"]["clean_accuracy"]
+    assert g["badnet_clean"]["average"] == out.metrics["victim"]["clean_accuracy"]
     rows = list(csv.DictReader((out.path / "tables" / "traffic_groups.csv").open()))
     assert [r["group"] for r in rows] == ["stop", "speed limit", "warning", "other", "average"]
     assert rows[0]["square backdoor"] == f"{100 * g['badnet_backdoor']['stop']:.2f}%"

@@ -12,6 +12,7 @@ import yaml
 from poisonlab import matrix as matrix_mod
 from poisonlab.cli import app
 from poisonlab.errors import PoisonlabError
+from poisonlab.families import get_family
 from poisonlab.matrix import grid_from_dict, load_grid, mean_std, run_matrix
 from poisonlab.store import list_runs
 
@@ -60,7 +61,7 @@ def test_first_run_computes_every_cell_and_averages_by_hand(first):
     rows = {r["defense"]: r for r in outcome.rows}
     assert list(rows) == ["none", "fine-pruning"]
     for d in ("none", "fine-pruning"):
-        src = [by_hand[s]["badnet"] if d == "none" else by_hand[s]["defenses"][d] for s in (0, 1)]
+        src = [by_hand[s]["victim"] if d == "none" else by_hand[s]["defenses"][d] for s in (0, 1)]
         acc = [m["clean_accuracy"] for m in src]
         asr = [m["attack_success_rate"] for m in src]
         mean = (acc[0] + acc[1]) / 2
@@ -89,7 +90,7 @@ def test_second_run_reuses_every_cell_and_never_trains(first, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("run_experiment must not be called for finished cells")
 
-    monkeypatch.setattr(matrix_mod, "run_experiment", boom)
+    monkeypatch.setattr(matrix_mod, "run_cell", boom)
     again = run_matrix(grid_from_dict(tiny_grid(out)))
     assert again.computed == [] and sorted(again.reused) == sorted(outcome.computed)
     assert again.rows == outcome.rows
@@ -129,7 +130,7 @@ def test_mean_std_single_seed_has_no_std():
     assert mean_std([0.5]) == (0.5, None)
     m, s = mean_std([1.0, 2.0, 3.0])
     assert m == 2.0 and s == pytest.approx(1.0)
-    assert matrix_mod.display_rows([{"attack": "a", "defense": "none", "n_seeds": 1, "clean_accuracy_mean": 0.9,
+    assert get_family("backdoor").display_rows([{"attack": "a", "defense": "none", "n_seeds": 1, "clean_accuracy_mean": 0.9,
                                      "clean_accuracy_std": None, "attack_success_mean": 1.0,
                                      "attack_success_std": None, "defense_seconds_mean": 0.0,
                                      "total_seconds_mean": 1.0}])[0]["clean acc. % (mean ± std)"] == "90.00 ± –"
@@ -154,7 +155,7 @@ def _broken(out: Path, edit) -> dict:
     (lambda g: g["attacks"]["pattern"].update(p="x"), "attacks.pattern: "),
 ])
 def test_errors_are_one_line_and_come_before_any_training(tmp_path, monkeypatch, edit, expected):
-    assert_fails_before_running(tmp_path, monkeypatch, "run_experiment", lambda out: _broken(out, edit), expected)
+    assert_fails_before_running(tmp_path, monkeypatch, "run_cell", lambda out: _broken(out, edit), expected)
 
 
 def assert_fails_before_running(tmp_path: Path, monkeypatch, runner: str, make_grid, expected: str) -> None:

@@ -295,7 +295,7 @@ def _edit_metrics(run: Path, edit) -> None:
 
 
 @pytest.mark.parametrize("damage", [
-    lambda run: _edit_metrics(run, lambda m: m["badnet"].update(clean_accuracy="0.99")),
+    lambda run: _edit_metrics(run, lambda m: m["victim"].update(clean_accuracy="0.99")),
     lambda run: _edit_metrics(run, lambda m: m["baseline"].pop("clean_accuracy")),
     lambda run: _edit_metrics(run, lambda m: m.update(config_hash="0" * 12)),
     lambda run: (run / "metrics.json").write_text("[" * 100_000),
@@ -310,7 +310,7 @@ def test_damaged_finished_cell_is_recomputed(matrix_store, tmp_path, damage):
     damage(root / cell_id)
     again = run_matrix(grid_from_dict(_cell_grid(root)))
     assert again.reused == [] and len(again.computed) == 1
-    assert json.loads((root / again.computed[0] / "metrics.json").read_text())["badnet"]["clean_accuracy"] >= 0
+    assert json.loads((root / again.computed[0] / "metrics.json").read_text())["victim"]["clean_accuracy"] >= 0
 
 
 # -- temporary folders and check_store ----------------------------------------------------

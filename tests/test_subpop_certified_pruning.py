@@ -28,7 +28,9 @@ from poisonlab.errors import PoisonlabError
 from poisonlab.models import activations
 from poisonlab.subpop import feature_match, membership
 from poisonlab.subpop.config import load_subpop_config
-from poisonlab.subpop.defended import certified_curve, fine_prune_victim, parse_defenses, smoothed_ridge
+from poisonlab.defenses import DefenseInputs
+from poisonlab.defenses.robust_defenses import fit_smoothed_ridge
+from poisonlab.subpop.defended import certified_curve, parse_defenses
 from poisonlab.subpop.learners import fit_scratch, predictions
 from poisonlab.subpop.poisons import label_flip_poisons
 from poisonlab.subpop.sweep import SweepInputs, run_sweep
@@ -154,7 +156,8 @@ def test_certified_task_numbers_equal_a_direct_computation(inputs, serial):
         radius = [certified_flips(a, labels, 0.2, max_r=len(y_p)) for a in alpha]
         expected = np.mean([(p == t) and rad >= len(y_p) for p, t, rad in zip(pred, y[member], radius)])
         assert r["certified:certified_accuracy"] == pytest.approx(expected)
-        full = smoothed_ridge(d, Dataset(X, torch.from_numpy(labels), ["no", "yes"])).predict(inputs.test.x.numpy())
+        full = fit_smoothed_ridge(d.cfg, Dataset(X, torch.from_numpy(labels), ["no", "yes"])).predict(
+            inputs.test.x.numpy())
         assert full[member].tolist() == pred
         assert r["certified:clean_accuracy"] == pytest.approx((full == y).mean())
         assert r["certified:target"] == pytest.approx(
@@ -174,7 +177,9 @@ def test_parallel_equals_serial_with_certified_and_fine_pruning(inputs, serial):
 def test_fine_pruning_prunes_lowest_validation_means_first(inputs):
     victim = fit_scratch(SPEC, inputs.victim, 0)
     d = parse_defenses([{**FINE_PRUNING, "max_drop": 0.5, "fine_tune_epochs": 0}])[0]  # prune only
-    model, n = fine_prune_victim(d, victim, inputs.val, 0)
+    out = d.run(DefenseInputs(val=inputs.val, model=victim, seed=0))
+    model, n = out.model, out.curve.n_pruned
+    assert out.curve.kind == "linear" and out.curve.layer == "fc1" and out.fine_tune is None
     means = activations(victim, inputs.val.x, "relu1")["relu1"].mean(0)
     order = torch.argsort(means, stable=True).tolist()
     assert n >= 1
@@ -182,7 +187,7 @@ def test_fine_pruning_prunes_lowest_validation_means_first(inputs):
     assert (after[:, order[:n]] == 0).all() and torch.equal(after[:, order[n:]], before[:, order[n:]])
     assert not any(m._forward_hooks for m in victim.modules())  # the undefended victim is untouched
     with pytest.raises(PoisonlabError, match="needs a clean validation split; set data.val_fraction > 0"):
-        fine_prune_victim(d, victim, None, 0)
+        d.run(DefenseInputs(model=victim, seed=0))
 
 
 def test_certified_curve_is_non_increasing_and_matches_the_library(inputs):
@@ -200,7 +205,7 @@ def test_certified_curve_is_non_increasing_and_matches_the_library(inputs):
 
 # ------------------------------------------------------------------------- end to end
 def test_tiny_run_writes_both_defenses(tmp_path, monkeypatch, one_thread):
-    monkeypatch.setattr(sub_experiment, "load_dataset", lambda *a, **k: SPLIT)
+    monkeypatch.setattr(sub_experiment, "load_data", lambda *a, **k: SPLIT)
     seen: list[SweepInputs] = []
     real = sub_experiment.run_sweep
     monkeypatch.setattr(sub_experiment, "run_sweep", lambda inp, w: seen.append(inp) or real(inp, w))
@@ -256,10 +261,11 @@ def test_bad_parameters_are_one_line_errors(overrides, message):
 
 def test_run_time_checks_fail_before_training(tmp_path, monkeypatch):
     three = DataSplit(*(Dataset(ds.x, ds.y, ["a", "b", "c"], ds.meta) for ds in (SPLIT.train, SPLIT.test)))
-    monkeypatch.setattr(sub_experiment, "load_dataset", lambda *a, **k: three)
+    monkeypatch.setattr(sub_experiment, "load_data", lambda *a, **k: three)
     calls: list[int] = []
     monkeypatch.setattr(sub_experiment, "fit_scratch", lambda *a, **k: calls.append(1))
     cfg = load_subpop_config(None, BASE + [f"output.dir={tmp_path}", "defenses=[certified]"])
-    with pytest.raises(PoisonlabError, match="binary labels only; the data set has 3 classes") as err:
+    with pytest.raises(PoisonlabError, match=r"needs binary labels \(2 classes\); this experiment's data have 3 "
+                       "classes") as err:
         sub_experiment.run_subpop_experiment(cfg)
     assert "\n" not in str(err.value) and calls == []

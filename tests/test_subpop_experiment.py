@@ -67,7 +67,7 @@ def test_label_flip_really_damages_the_subpopulation(sweep_inputs):
 
 
 def _patched(monkeypatch, split: DataSplit) -> None:
-    monkeypatch.setattr(sub_experiment, "load_dataset", lambda *a, **k: split)
+    monkeypatch.setattr(sub_experiment, "load_data", lambda *a, **k: split)
 
 
 SPLIT = DataSplit(planted_table(1200, 3), planted_table(600, 4))

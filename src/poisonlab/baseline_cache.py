@@ -42,14 +42,21 @@ MAX_INFO_BYTES = 4 << 20
 MAX_EPOCHS = 100_000
 
 
-def baseline_key(what: dict[str, Any], train: Dataset, val: Dataset | None, device: torch.device | str) -> str:
+def baseline_key(what: dict[str, Any], train: Dataset, val: Dataset | None, device: torch.device | str,
+                 model_fp: str | None = None) -> str:
     """The full cache key (hex SHA-256) of a baseline configured by ``what`` (data settings, model,
-    training, seed, version...) and trained on ``train`` with validation split ``val``."""
+    training, seed, version...) and trained on ``train`` with validation split ``val``.
+
+    ``model_fp`` (:func:`poisonlab.models.learners.model_fingerprint` of the untrained model: its
+    class, a user's model file, its parameter shapes) is part of the key when given, so an edited
+    bring-your-own model never reuses an old baseline; without it the key is as before."""
     from . import __version__
 
     full = {**what, "train_data": data_fingerprint(train), "val_data": data_fingerprint(val),
             "code": code_fingerprint(), "version": __version__, "torch": torch.__version__,
             "device": torch.device(device).type}
+    if model_fp is not None:
+        full["model_fp"] = model_fp
     return hashlib.sha256(json.dumps(full, sort_keys=True, default=str).encode()).hexdigest()
 
 

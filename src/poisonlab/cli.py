@@ -43,22 +43,25 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
     """poisonlab: training-data poisoning attacks, victims, defenses and measurements."""
 
 
-@app.command()
-def run(
-    config: Path = typer.Argument(..., help="experiment YAML file (see examples/)"),
-    set_: List[str] = typer.Option([], "--set", help="override a config key, e.g. --set train.epochs=5 (repeatable)"),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="where data files are (also $POISONLAB_DATA)"),
-    seed: Optional[int] = typer.Option(None, "--seed", help="random seed (overrides the config's)"),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or auto (default: the config's, auto)"),
-    download: bool = typer.Option(False, "--download", help="fetch missing data files (checksums verified)"),
-    output: Optional[Path] = typer.Option(None, "--output", help="runs folder (overrides output.dir)"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
-) -> None:
-    """Run an experiment: poison, train the victim and a clean baseline, measure, save a run folder."""
-    from . import progress, report
-    from .config import load_config
-    from .experiment import run_experiment
+TRUST_HELP = "allow model: names that are .py files (./mynet.py:MyNet): runs that file's code"
 
+
+def _run_config(config: Path, overrides: list[str], quiet: bool, trust_code: bool, family: str | None = None,
+                **top: Any) -> None:
+    """Load any family's config, run it and print what a person reads first."""
+    from . import progress
+    from .families import load_any_config
+    from .models.imports import set_trust_code
+
+    set_trust_code(trust_code)
+    fam, cfg = load_any_config(config, overrides, family=family, **top)
+    if quiet:
+        progress.set_enabled(False)
+    outcome = fam.run(cfg)
+    fam.print_run(cfg, outcome, typer.echo)
+
+
+def _paths(set_: list[str], data_dir: Optional[Path], output: Optional[Path], download: bool = False) -> list[str]:
     overrides = list(set_)
     if data_dir is not None:
         overrides.append(f"data.dir={data_dir}")
@@ -66,36 +69,31 @@ def run(
         overrides.append("data.download=true")
     if output is not None:
         overrides.append(f"output.dir={output}")
+    return overrides
+
+
+@app.command()
+def run(
+    config: Path = typer.Argument(..., help="experiment YAML file of any attack family (see examples/)"),
+    set_: List[str] = typer.Option([], "--set", help="override a config key, e.g. --set train.epochs=5 (repeatable)"),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="where data files are (also $POISONLAB_DATA)"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="random seed (overrides the config's)"),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or auto (default: the config's, auto)"),
+    download: bool = typer.Option(False, "--download", help="fetch missing data files (checksums verified)"),
+    output: Optional[Path] = typer.Option(None, "--output", help="runs folder (overrides output.dir)"),
+    workers: Optional[int] = typer.Option(None, "--workers", help="subpopulation sweeps: parallel retrainings "
+                                          "(default: one per core)"),
+    trust_code: bool = typer.Option(False, "--trust-code", help=TRUST_HELP),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
+) -> None:
+    """Run an experiment: fit the clean reference, poison, fit the victim, defend, measure, save a run folder.
+
+    The attack family is the config's family: key, else its attack's (BadNets: backdoor).
+    A subpopulation config (family: subpopulation) runs its sweep, as poisonlab subpop does."""
     if device is not None and device not in ("cpu", "cuda", "auto"):
         raise PoisonlabError(f"--device must be cpu, cuda or auto, got '{device}'")
-    cfg = load_config(config, overrides, seed=seed, device=device)
-    if quiet:
-        progress.set_enabled(False)
-    outcome = run_experiment(cfg)
-    m = outcome.metrics
-    from .run_outputs import summary_table
-
-    report.print_table(summary_table(m), f"{cfg.name}: summary")
-    report.print_table(outcome.table, f"{cfg.name}: per-class error (seed table)")
-    defenses_md = outcome.path / "tables" / "defenses.csv"
-    if defenses_md.is_file():
-        import csv
-
-        with defenses_md.open() as fh:
-            report.print_table(list(csv.DictReader(fh)), f"{cfg.name}: attack x defense")
-    for extra, title in (("traffic_groups", "by sign type"), ("transfer", "transfer learning")):
-        path = outcome.path / "tables" / f"{extra}.csv"
-        if path.is_file():
-            import csv
-
-            with path.open() as fh:
-                report.print_table(list(csv.DictReader(fh)), f"{cfg.name}: {title}")
-    if "attack" in m:
-        a = m["attack"]
-        typer.echo(f"attack: {a['labels']}, trigger {a['trigger']}, {a['n_poison']} poison images "
-                   f"({a['mode']}), {a['test_triggered']} triggered test images")
-    typer.echo(f"time {m['time']['total_seconds']:.1f}s, peak memory {m['peak_memory_mb']['rss']:.0f} MiB")
-    typer.echo(f"run folder: {outcome.path}")
+    _run_config(config, _paths(set_, data_dir, output, download), quiet, trust_code, seed=seed, device=device,
+                workers=workers)
 
 
 @app.command()
@@ -129,7 +127,7 @@ def models() -> None:
     from .models import MODELS
 
     for name in MODELS.names():
-        typer.echo(f"{name:14s} {MODELS.get(name).description}")
+        typer.echo(f"{name:20s} {MODELS.get(name).description}")
 
 
 @app.command()
@@ -138,7 +136,7 @@ def defenses() -> None:
     from .defenses import DEFENSES
 
     for name in DEFENSES.names():
-        typer.echo(f"{name:14s} {DEFENSES.get(name).description}")
+        typer.echo(f"{name:22s} {DEFENSES.get(name).description}")
 
 
 @app.command()
@@ -204,6 +202,7 @@ def subpop(
     seed: Optional[int] = typer.Option(None, "--seed", help="random seed (overrides the config's)"),
     workers: Optional[int] = typer.Option(None, "--workers", help="parallel retrainings (default: one per core)"),
     output: Optional[Path] = typer.Option(None, "--output", help="runs folder (overrides output.dir)"),
+    trust_code: bool = typer.Option(False, "--trust-code", help=TRUST_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
 ) -> None:
     """Subpopulation poisoning sweep (Jagielski et al. 2021): target damage and collateral.
@@ -211,27 +210,10 @@ def subpop(
     Finds subpopulations (FeatureMatch or ClusterMatch), poisons each by label flipping at
     every alpha, retrains the victim and measures against the clean model. A defenses: list
     (trim, sever, spectral-signatures, activation-clustering, certified, fine-pruning) runs
-    in every task (see examples/subpop_adult_defenses.yaml)."""
-    from . import progress, report
-    from .subpop.config import load_subpop_config
-    from .subpop.experiment import fairness_rows, run_subpop_experiment, summary_rows
-
-    overrides = list(set_)
-    if data_dir is not None:
-        overrides.append(f"data.dir={data_dir}")
-    if output is not None:
-        overrides.append(f"output.dir={output}")
-    cfg = load_subpop_config(config, overrides, seed=seed, workers=workers)
-    if quiet:
-        progress.set_enabled(False)
-    folder, m = run_subpop_experiment(cfg)
-    report.print_table(summary_rows(m["summary"]), f"{cfg.name}: worst-k target damage")
-    report.print_table(fairness_rows(m["rows"]), f"{cfg.name}: hardest-hit subpopulations")
-    typer.echo(f"clean accuracy {100 * m['model']['clean_accuracy']:.2f}%, {m['subpopulations']['count']} "
-               f"subpopulations x {len(cfg.attack.alphas)} alphas = {m['retrainings']} retrainings on {m['workers']} "
-               f"worker(s), {m['seconds_per_retraining']:.2f}s each")
-    typer.echo(f"time {m['time']['total_seconds']:.1f}s, peak memory {m['peak_memory_mb']['rss']:.0f} MiB")
-    typer.echo(f"run folder: {folder.path}")
+    in every task (see examples/subpop_adult_defenses.yaml). Same as poisonlab run on a
+    config with family: subpopulation."""
+    _run_config(config, _paths(set_, data_dir, output), quiet, trust_code, family="subpopulation", seed=seed,
+                workers=workers)
 
 
 @app.command("traffic-table")
@@ -274,26 +256,38 @@ def traffic_table_cmd(
 def matrix(
     grid: Path = typer.Argument(..., help="grid YAML file: kind, base, attacks, defenses, seeds "
                                 "(see examples/matrix_*.yaml)"),
+    set_: List[str] = typer.Option([], "--set", help="override a grid key, e.g. --set base.train.epochs=2 "
+                                   "(repeatable)"),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="where data files are (also $POISONLAB_DATA)"),
     output: Optional[Path] = typer.Option(None, "--output", help="runs folder (overrides output.dir)"),
-    workers: Optional[int] = typer.Option(None, "--workers", help="kind: subpop grids: parallel retrainings in each "
-                                          "cell (overrides the grid's workers:; default one per core); changes "
-                                          "neither the numbers nor which cells are reused"),
+    workers: Optional[int] = typer.Option(None, "--workers", help="subpopulation grids: parallel retrainings in "
+                                          "each cell (overrides the grid's workers:; default one per core); "
+                                          "changes neither the numbers nor which cells are reused"),
+    executor: str = typer.Option("inprocess", "--executor", help="how cells run: inprocess (one after the other) "
+                                 "or pool (--jobs cells at once in local worker processes)"),
+    jobs: int = typer.Option(2, "--jobs", help="cells at once with --executor pool"),
+    trust_code: bool = typer.Option(False, "--trust-code", help=TRUST_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
 ) -> None:
     """Attacks x defenses x seeds in one table (mean ± std over seeds).
 
-    kind: badnets (default): BadNets experiments (Gu et al. 2017), clean accuracy and attack
-    success per attack and defense. kind: subpop: subpopulation attacks (Jagielski et al. 2021),
-    worst-5 target damage, collateral, clean accuracy and rows removed per attack, alpha and
-    defense. One experiment per (attack, seed); finished ones are reused from the run store."""
+    kind: backdoor (default; also badnets): BadNets experiments (Gu et al. 2017), clean accuracy
+    and attack success per attack and defense. kind: subpopulation (also subpop): subpopulation
+    attacks (Jagielski et al. 2021), worst-5 target damage, collateral, clean accuracy and rows
+    removed per attack, alpha and defense. One experiment per (attack, seed); finished ones are
+    reused from the run store. One line per finished cell, with its time."""
     from . import progress
+    from .executors import make_executor
     from .matrix import load_grid, print_matrix, run_matrix
+    from .models.imports import set_trust_code
 
-    g = load_grid(grid, data_dir=data_dir, output_dir=output, workers=workers)
+    set_trust_code(trust_code)
+    run_with = make_executor(executor, jobs)
+    g = load_grid(grid, data_dir=data_dir, output_dir=output, workers=workers, overrides=list(set_))
     if quiet:
         progress.set_enabled(False)
-    outcome = run_matrix(g, echo=typer.echo)
+    outcome = run_matrix(g, echo=lambda line: typer.echo(line, err=not sys.stdout.isatty()) or sys.stderr.flush(),
+                         executor=run_with)
     print_matrix(outcome.table, f"{g.name}: attack x defense over {len(g.seeds)} seed(s)")
     for note in outcome.notes:
         typer.echo(note)

@@ -31,6 +31,8 @@ class DataConfig:
     download: bool = False
     val_fraction: float = 0.1
     train_limit: int | None = None
+    path: str | None = None  # the file or folder of a reader (image-folder, csv, parquet, npz)
+    options: dict[str, Any] = field(default_factory=dict)  # the reader's options
 
 
 @dataclass
@@ -62,6 +64,9 @@ class AnalysisConfig:
 
     backdoor_neurons: bool = True
     layer: str | None = None
+    traffic_signs: bool = False
+    """BadNets Sec. 4's table by sign type (stop, speed limit, warning, other): the 43 GTSRB
+    classes and a single-source, single-target attack."""
     z: float = 3.0
     clean_quantile: float = 0.5
 
@@ -87,6 +92,9 @@ class ExperimentConfig:
         need_number(self.data.val_fraction, "data.val_fraction", 0, 1, high_open=True)
         if self.data.train_limit is not None:
             need_int(self.data.train_limit, "data.train_limit", 1, MAX_ROWS)
+        from .data.user_data import check_data_config
+
+        check_data_config(self.data)  # a reader's path and options, without reading a file
         need_int(self.seed, "seed", 0, SEED_MAX)
         check_model_options(self.model.options)
         self.train.validate()

@@ -1,60 +1,39 @@
 """Grid files of ``poisonlab matrix``: read, validate and expand into cells.
 
-A grid (see :mod:`poisonlab.matrix` for both kinds) becomes a :class:`Grid` whose cells are
-validated experiment or subpopulation configs, each with the config hash under which the
-run store keeps its result. Every section is checked before any cell runs: unknown keys,
-sizes (cells, values copied per cell) and the attack, defense and seed lists.
+A grid names its attack family with ``kind:`` (default ``backdoor``; ``badnets`` and ``subpop``
+are accepted aliases; see :mod:`poisonlab.families`) and becomes a :class:`Grid` whose cells
+are validated configs of that family, each with the config hash under which the run store
+keeps its result. Every section is checked before any cell runs: unknown keys, sizes (cells,
+values copied per cell) and the attack, defense and seed lists. What differs per family (the
+attack entries, the base's forbidden keys, the cell config) comes from the family object.
 """
 from __future__ import annotations
 
 import copy
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .attacks import build_attack
-from .attacks.pruning_aware import pruning_aware_config
 from .checks import SEED_MAX, check_values, is_whole, need_int, one_key
-from .config import MAX_DEFENSES, ExperimentConfig, OutputConfig, from_dict, read_yaml
-from .data import DATASETS
-from .defend import check_defenses
+from .config import MAX_DEFENSES, OutputConfig, from_dict, read_yaml
 from .errors import PoisonlabError, did_you_mean, shown
-from .experiment import experiment_hash
-from .models import MODELS
-from .subpop.config import SubpopConfig
-from .subpop.defended import parse_defenses
-from .subpop.experiment import subpop_config_hash
+from .families import FAMILIES, get_family
 
-GRID_KINDS = ("badnets", "subpop")
 MAX_CELLS = 1000
 """At most this many (attack, seed) cells in a grid."""
 MAX_CELL_VALUES = 2_000_000
 """At most this many config values over all cells (cells x values of base, defenses and an attack)."""
 MAX_WORKERS = 1024
 GRID_KEYS = ("name", "kind", "base", "attacks", "defenses", "seeds", "workers", "output")
-_NOT_IN_BASE = {
-    "attack": "list attacks under the grid's attacks: mapping",
-    "defenses": "list defenses under the grid's defenses: list",
-    "seed": "list seeds under the grid's seeds: list",
-    "name": "name the grid with its top-level name:",
-    "output": "set output under the grid's top-level output:",
-}
-_NOT_IN_SUBPOP_BASE = {
-    "subpopulations": "set subpopulations in each attack entry (attacks.LABEL.subpopulations)",
-    "attack": "set alphas and the poison label in each attack entry (attacks.LABEL.attack)",
-    **{k: v for k, v in _NOT_IN_BASE.items() if k != "attack"},
-    "workers": "set workers at the grid's top level or with --workers",
-}
-# the keys of a subpop attack entry: which subpopulations are attacked and with which poisons
-SUBPOP_ATTACK_KEYS = ("subpopulations", "attack")
+
+
 @dataclass
 class Cell:
     """One (attack, seed) experiment of the grid with its validated config and config hash."""
 
     attack: str
     seed: int
-    config: ExperimentConfig | SubpopConfig
+    config: Any
     hash: str
 
 
@@ -69,22 +48,30 @@ class Grid:
     output: OutputConfig
     cells: list[Cell]
     raw: dict[str, Any] = field(default_factory=dict)
-    kind: str = "badnets"
+    family: Any = None
     workers: int | None = None
+
+    @property
+    def kind(self) -> str:
+        """The family's name."""
+        return self.family.name
 
 
 def load_grid(path: str | Path, data_dir: str | Path | None = None, output_dir: str | Path | None = None,
-              workers: int | None = None) -> Grid:
-    """Read and validate a grid YAML file (every cell's config is checked; nothing runs)."""
-    return grid_from_dict(read_yaml(path), data_dir=data_dir, output_dir=output_dir, workers=workers)
+              workers: int | None = None, overrides: list[str] | None = None) -> Grid:
+    """Read and validate a grid YAML file (every cell's config is checked; nothing runs).
+    ``overrides`` are ``--set`` values on the grid file's keys (``base.train.epochs=2``)."""
+    from .config import apply_overrides
+
+    raw = apply_overrides(read_yaml(path), overrides or [])
+    return grid_from_dict(raw, data_dir=data_dir, output_dir=output_dir, workers=workers)
 
 
 def grid_from_dict(raw: dict[str, Any], data_dir: str | Path | None = None,
                    output_dir: str | Path | None = None, workers: int | None = None) -> Grid:
-    """Validate a grid mapping and build every cell's config (:class:`ExperimentConfig` for a
-    ``badnets`` grid, :class:`~poisonlab.subpop.config.SubpopConfig` for a ``subpop`` one); one-line errors.
+    """Validate a grid mapping and build every cell's config (of the grid's family); one-line errors.
 
-    ``workers`` (subpop grids only) overrides the grid's ``workers:`` key.
+    ``workers`` (subpopulation grids only) overrides the grid's ``workers:`` key.
     """
     if not isinstance(raw, dict):
         raise PoisonlabError(f"a grid must be a mapping of {', '.join(GRID_KEYS)}, got {type(raw).__name__}")
@@ -93,14 +80,14 @@ def grid_from_dict(raw: dict[str, Any], data_dir: str | Path | None = None,
             hint = did_you_mean(key, list(GRID_KEYS)) if isinstance(key, str) and len(key) <= 100 else ""
             raise PoisonlabError(f"unknown grid key '{one_key(key)}'{hint}; allowed: {', '.join(GRID_KEYS)}")
     check_values(raw)
-    kind = _check_kind(raw.get("kind", "badnets"))
+    family = _check_kind(raw.get("kind", "backdoor"))
     name = raw.get("name", "matrix")
     if not isinstance(name, str) or not name.strip():
         raise PoisonlabError(f"grid key 'name' must be a non-empty string, got {shown(name)}")
-    n_workers = _check_workers(workers if workers is not None else raw.get("workers"), kind)
-    base = _check_base(raw.get("base"), kind)
-    attacks = _check_attacks(raw.get("attacks"), kind)
-    defenses_raw, defense_names = _check_defenses(raw.get("defenses"), kind)
+    n_workers = _check_workers(workers if workers is not None else raw.get("workers"))
+    base = _check_base(raw.get("base"), family)
+    attacks = _check_attacks(raw.get("attacks"), family)
+    defenses_raw, defense_names = _check_defenses(raw.get("defenses"), family)
     seeds = _check_seeds(raw.get("seeds"))
     _check_sizes(raw)
     output = from_dict(OutputConfig, raw.get("output"), "output")
@@ -113,19 +100,15 @@ def grid_from_dict(raw: dict[str, Any], data_dir: str | Path | None = None,
     seen: dict[str, str] = {}
     for label, section in attacks.items():
         for seed in seeds:
-            cfg: ExperimentConfig | SubpopConfig
-            if kind == "subpop":
-                cfg = _subpop_cell_config(name, base, label, section, defenses_raw, seed, output, n_workers)
-                chash = subpop_config_hash(cfg)
-            else:
-                cfg = _cell_config(name, base, label, section, defenses_raw, seed, output)
-                chash = experiment_hash(cfg.to_dict())
+            cell_raw = family.grid_cell(name, base, label, section, defenses_raw, seed, output, n_workers)
+            cfg = _validated_base(family, cell_raw)
+            chash = family.cell_hash(cfg)
             if chash in seen and seen[chash] != label:
                 raise PoisonlabError(f"attacks '{one_key(seen[chash])}' and '{one_key(label)}' are the same experiment; "
                                      f"list it once")
             seen[chash] = label
             cells.append(Cell(label, seed, cfg, chash))
-    return Grid(name, attacks, defense_names, seeds, output, cells, copy.deepcopy(raw), kind, n_workers)
+    return Grid(name, attacks, defense_names, seeds, output, cells, copy.deepcopy(raw), family, n_workers)
 
 
 def _values(x: Any, stop: int) -> int:
@@ -158,40 +141,36 @@ def _check_sizes(raw: dict[str, Any]) -> None:
                              f"(each copies base, defenses and its attack); at most {MAX_CELL_VALUES}")
 
 
-def _check_kind(kind: Any) -> str:
-    if not isinstance(kind, str) or kind not in GRID_KINDS:
-        hint = did_you_mean(kind, list(GRID_KINDS)) if isinstance(kind, str) and len(kind) <= 100 else ""
-        raise PoisonlabError(f"unknown grid kind {shown(kind)}{hint}; choose badnets (the default) or subpop")
-    return kind
+def _check_kind(kind: Any) -> Any:
+    """The family a grid's ``kind:`` names."""
+    try:
+        return get_family(kind)
+    except PoisonlabError:
+        raise PoisonlabError(f"unknown grid kind {shown(kind)}; choose one of {', '.join(FAMILIES.names())} "
+                             f"(badnets and subpop are accepted as their older names)") from None
 
 
-def _check_workers(workers: Any, kind: str) -> int | None:
+def _check_workers(workers: Any) -> int | None:
     if workers is None:
         return None
-    if kind != "subpop":
-        raise PoisonlabError("workers (grid key or --workers) sets the parallel retrainings of subpop cells; "
-                             "remove it from this badnets grid, or set kind: subpop")
     if not is_whole(workers) or workers < 1:
         raise PoisonlabError(f"workers must be an integer >= 1 (or left out: one per core), got {shown(workers)}")
     return need_int(workers, "workers", 1, MAX_WORKERS)
 
 
-def _check_base(base: Any, kind: str = "badnets") -> dict[str, Any]:
+def _check_base(base: Any, family: Any) -> dict[str, Any]:
     if base is None:
         base = {}
-    what = "a subpop config mapping (data:, model:)" if kind == "subpop" else \
-        "an experiment config mapping (data:, model:, train:, ...)"
     if not isinstance(base, dict):
-        raise PoisonlabError(f"grid key 'base' must be {what}, got {shown(base)}")
-    for key, why in (_NOT_IN_SUBPOP_BASE if kind == "subpop" else _NOT_IN_BASE).items():
+        raise PoisonlabError(f"grid key 'base' must be {family.base_help}, got {shown(base)}")
+    for key, why in family.not_in_base.items():
         if key in base:
             raise PoisonlabError(f"base must not hold '{key}': {why}")
     return copy.deepcopy(base)
 
 
-def _check_attacks(attacks: Any, kind: str = "badnets") -> dict[str, dict[str, Any]]:
-    example = ("featurematch: {subpopulations: {kind: feature-match}, attack: {alphas: [1.0]}}" if kind == "subpop"
-               else "badnets-pattern: {name: badnets, p: 0.1}")
+def _check_attacks(attacks: Any, family: Any) -> dict[str, dict[str, Any]]:
+    example = family.attack_example
     if not isinstance(attacks, dict) or not attacks:
         raise PoisonlabError(f"grid key 'attacks' must be a non-empty mapping of label -> attack section "
                              f"(e.g. {example})")
@@ -203,38 +182,12 @@ def _check_attacks(attacks: Any, kind: str = "badnets") -> dict[str, dict[str, A
         if not isinstance(section, dict):
             raise PoisonlabError(f"attacks.{tag} must be an attack section mapping (e.g. {example}), "
                                  f"got {shown(section)}")
-        if kind == "subpop":
-            _check_subpop_attack(tag, section)
-        else:
-            try:
-                build_attack(section)
-            except PoisonlabError as exc:
-                raise PoisonlabError(f"attacks.{tag}: {exc}") from None
+        family.check_grid_attack(tag, section)
         out[label] = copy.deepcopy(section)
     return out
 
 
-def _check_subpop_attack(label: str, section: dict[str, Any]) -> None:
-    """An attack entry of a subpop grid sets ``subpopulations:`` and ``attack:`` only (Jagielski et
-    al., CCS 2021: how subpopulations are found, Sec. 4.1; poison sizes and label, Sec. 4.2)."""
-    others = {f.name for f in dataclasses.fields(SubpopConfig)} - set(SUBPOP_ATTACK_KEYS)
-    for key in section:
-        if key in SUBPOP_ATTACK_KEYS:
-            continue
-        if key in others:
-            where = _NOT_IN_SUBPOP_BASE.get(key, "set it in the grid's base: (all attacks share data and model)")
-            raise PoisonlabError(f"attacks.{label} must not set '{key}' (an attack entry sets only "
-                                 f"{' and '.join(SUBPOP_ATTACK_KEYS)}): {where}")
-        hint = did_you_mean(key, list(SUBPOP_ATTACK_KEYS)) if isinstance(key, str) and len(key) <= 100 else ""
-        raise PoisonlabError(f"unknown key 'attacks.{label}.{one_key(key)}'{hint}; "
-                             f"an attack entry may set: {', '.join(SUBPOP_ATTACK_KEYS)}")
-    try:  # the entry over the default config: its own keys and values, before any base is read
-        from_dict(SubpopConfig, copy.deepcopy(section)).validate()
-    except PoisonlabError as exc:
-        raise PoisonlabError(f"attacks.{label}: {exc}") from None
-
-
-def _check_defenses(raw: Any, kind: str) -> tuple[list[Any], list[str]]:
+def _check_defenses(raw: Any, family: Any) -> tuple[list[Any], list[str]]:
     """The ``defenses:`` list as given (what goes into each cell) and the labels of its defenses."""
     if raw is None:
         raw = []
@@ -247,9 +200,7 @@ def _check_defenses(raw: Any, kind: str) -> tuple[list[Any], list[str]]:
             else []
         if "none" in names:
             raise PoisonlabError("the defense label 'none' is reserved for the undefended model (always included)")
-    if kind == "subpop":
-        return copy.deepcopy(raw), [spec.label for spec in parse_defenses(raw)]
-    return raw, [n for n, _ in check_defenses(raw)]
+    return copy.deepcopy(raw), family.grid_defense_labels(raw)
 
 
 def _check_seeds(seeds: Any) -> list[int]:
@@ -267,35 +218,17 @@ def _check_seeds(seeds: Any) -> list[int]:
     return list(seeds)
 
 
-def _cell_config(name: str, base: dict[str, Any], label: str, attack: dict[str, Any],
-                 defenses: list[dict[str, Any]], seed: int, output: OutputConfig) -> ExperimentConfig:
-    raw = copy.deepcopy(base)
-    raw.update(name=f"{name}-{label}", seed=seed, attack=copy.deepcopy(attack), defenses=copy.deepcopy(defenses),
-               output=dataclasses.asdict(output))
-    cfg = _validated_base(ExperimentConfig, raw)
-    if defenses and cfg.data.val_fraction <= 0:
-        raise PoisonlabError("base: defenses decide on a clean validation split; set data.val_fraction > 0")
-    return cfg
+def _validated_base(family: Any, raw: dict[str, Any]) -> Any:
+    """``raw`` as a validated config of ``family`` whose data set and model exist; errors name the base."""
+    from .data import DATASETS, READERS
+    from .models import check_model_name
 
-
-def _subpop_cell_config(name: str, base: dict[str, Any], label: str, attack: dict[str, Any], defenses: list[Any],
-                        seed: int, output: OutputConfig, workers: int | None) -> SubpopConfig:
-    raw = copy.deepcopy(base)
-    raw.update(copy.deepcopy(attack))
-    raw.update(name=f"{name}-{label}", seed=seed, workers=workers, defenses=copy.deepcopy(defenses),
-               output=dataclasses.asdict(output))
-    return _validated_base(SubpopConfig, raw)  # attack entries and defenses were checked on their own
-
-
-def _validated_base(cls: type, raw: dict[str, Any]) -> Any:
-    """``raw`` as a validated ``cls`` config whose data set and model exist; errors name the base."""
     try:
-        cfg = from_dict(cls, raw)
-        cfg.validate()
-        DATASETS.get(cfg.data.name)
-        MODELS.get(cfg.model.name)
-        if isinstance(cfg, ExperimentConfig) and cfg.pruning_aware is not None:
-            pruning_aware_config(cfg.pruning_aware, cfg.train)
+        cfg = family.config_from(raw)
+        if cfg.data.name not in READERS:
+            DATASETS.get(cfg.data.name)
+        check_model_name(cfg.model.name)
+        family.check_cell(cfg)
     except PoisonlabError as exc:
         raise PoisonlabError(f"base: {exc}") from None
     return cfg

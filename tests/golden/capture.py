@@ -43,10 +43,11 @@ def machine() -> dict[str, Any]:
 
 
 def _badnets_numbers(m: dict[str, Any]) -> dict[str, float]:
+    victim = m.get("victim", m.get("badnet"))  # "badnet" before the pipeline (issue 11)
     out = {"baseline.clean_accuracy": m["baseline"]["clean_accuracy"],
            "baseline.attack_success_rate": m["baseline"]["attack_success_rate"],
-           "victim.clean_accuracy": m["badnet"]["clean_accuracy"],
-           "victim.attack_success_rate": m["badnet"]["attack_success_rate"],
+           "victim.clean_accuracy": victim["clean_accuracy"],
+           "victim.attack_success_rate": victim["attack_success_rate"],
            "attack.n_poison": m["attack"]["n_poison"]}
     for name, d in (m.get("defenses") or {}).items():
         out[f"{name}.clean_accuracy"] = d["clean_accuracy"]

@@ -58,6 +58,7 @@ class BadNets:
     """
 
     name = "badnets"
+    family = "backdoor"
 
     def __init__(self, cfg: BadNetsConfig) -> None:
         if not (is_number(cfg.p) and 0 < cfg.p <= 1):

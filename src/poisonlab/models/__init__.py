@@ -1,26 +1,37 @@
-"""Models: a registry of network builders and by-name layer access."""
+"""Models: a registry of learners (networks and scikit-learn estimators, issue 11 item 3),
+models named by import path (:mod:`.imports`) and by-name layer access."""
 from __future__ import annotations
 
+import importlib.util
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from torch import nn
 
 from ..errors import PoisonlabError
 from ..registry import Registry
+from .estimators import EstimatorModel, estimator_builder
+from .imports import (
+    build_imported,
+    is_import_path,
+    resolve_class,
+    set_trust_code,
+    trusting_code,
+)
 from .layers import activations, conv_layers, first_conv, get_layer, layer_names
 from .nets import MLP, BadNetMNIST, DigitsCNN, ResNet18, SmallCNN
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A registered network: its builder and the input sizes it supports."""
+    """A registered learner: its builder, the input sizes it supports, its kind (torch|estimator)."""
 
     name: str
     description: str
     build: Callable[[tuple[int, ...], int, dict], nn.Module]
     min_side: int = 1
+    kind: str = "torch"
 
 
 MODELS: Registry[ModelSpec] = Registry("model")
@@ -86,17 +97,74 @@ for _spec in (
 ):
     MODELS.register(_spec.name)(_spec)
 
+_SK = "sklearn."
+LIGHTGBM_MISSING = ("model 'lightgbm' needs the lightgbm package, which is not installed; "
+                    "pip install lightgbm (or pip install 'poisonlab[lightgbm]')")
+for _spec in (
+    ModelSpec("logistic-regression", "scikit-learn LogisticRegression (max_iter 1000; options: its parameters)",
+              estimator_builder(_SK + "linear_model:LogisticRegression", "logistic-regression", max_iter=1000), kind="estimator"),
+    ModelSpec("linear-svm", "scikit-learn LinearSVC (options: its parameters)",
+              estimator_builder(_SK + "svm:LinearSVC", "linear-svm"), kind="estimator"),
+    ModelSpec("kernel-svm", "scikit-learn SVC, RBF kernel, no probability calibration (decision values; options: its parameters)",
+              estimator_builder(_SK + "svm:SVC", "kernel-svm", kernel="rbf"), kind="estimator"),
+    ModelSpec("random-forest", "scikit-learn RandomForestClassifier (n_estimators 100; options: its parameters)",
+              estimator_builder(_SK + "ensemble:RandomForestClassifier", "random-forest", n_estimators=100), kind="estimator"),
+    ModelSpec("gradient-boosting", "scikit-learn HistGradientBoostingClassifier (options: its parameters)",
+              estimator_builder(_SK + "ensemble:HistGradientBoostingClassifier", "gradient-boosting"), kind="estimator"),
+    *([ModelSpec("lightgbm", "LightGBM LGBMClassifier (verbose -1; options: its parameters)",
+                 estimator_builder("lightgbm:LGBMClassifier", "lightgbm", verbose=-1), kind="estimator")]
+      if importlib.util.find_spec("lightgbm") is not None else []),
+):
+    MODELS.register(_spec.name)(_spec)
+
+
+def model_kind(name: str) -> str | None:
+    """``torch`` or ``estimator`` for a registered model; ``None`` for an import path (its kind is
+    known once imported). Unknown names are the registry's one-line error."""
+    if is_import_path(name):
+        return None
+    if name == "lightgbm" and name not in MODELS:
+        raise PoisonlabError(LIGHTGBM_MISSING)
+    return MODELS.get(name).kind
+
+
+def check_model_name(name: str) -> None:
+    """Check a ``model.name`` without building it: registered, or an import path that resolves to a
+    model class (which imports the module; a file only with trust-code on)."""
+    if model_kind(name) is None:
+        resolve_class(name)
+
 
 def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, options: dict | None = None) -> nn.Module:
-    """Build a registered model for inputs of ``input_shape`` (without the batch dim).
+    """Build a registered model, or one named by import path (``pkg.mod:Class``, ``file.py:Class``:
+    :mod:`.imports`), for inputs of ``input_shape`` (without the batch dim).
 
     >>> build_model("badnet-mnist", (1, 28, 28), 10).fc2.out_features
     10
     """
+    if is_import_path(name):
+        return build_imported(name, tuple(input_shape), num_classes, dict(options or {}))
+    model_kind(name)
     return MODELS.get(name).build(tuple(input_shape), num_classes, dict(options or {}))
 
 
 __all__ = [
-    "MODELS", "ModelSpec", "build_model", "activations", "get_layer", "layer_names", "conv_layers", "first_conv",
-    "BadNetMNIST", "DigitsCNN", "SmallCNN", "ResNet18", "MLP",
+    "MLP",
+    "MODELS",
+    "BadNetMNIST",
+    "DigitsCNN",
+    "EstimatorModel",
+    "ModelSpec",
+    "ResNet18",
+    "SmallCNN",
+    "activations",
+    "build_model",
+    "check_model_name",
+    "conv_layers",
+    "first_conv",
+    "get_layer",
+    "layer_names",
+    "model_kind",
+    "set_trust_code",
+    "trusting_code",
 ]

@@ -20,7 +20,7 @@ import yaml
 
 from .. import __version__, report
 from ..config import config_hash
-from ..data import load_dataset
+from ..data import load_data
 from ..data.base import Dataset
 from ..data.splits import limit_rows
 from ..errors import PoisonlabError
@@ -74,7 +74,7 @@ def run_subpop_experiment(cfg: SubpopConfig) -> tuple[RunFolder, dict[str, Any]]
     start = time.perf_counter()
     prepare_root(cfg.output.dir)  # a file, unwritable or damaged store fails before any training
     with timed(times, "load_seconds"):
-        split = load_dataset(cfg.data.name, cfg.data.dir, cfg.data.download)
+        split = load_data(cfg.data)
     train = limit_rows(split.train, cfg.data.train_limit, cfg.seed)
     victim_idx, attacker_idx = attacker_split(len(train), cfg.data.attacker_fraction, cfg.seed, train.y)
     # the clean validation split: victim rows, drawn before any poison exists; D is the rest
@@ -140,11 +140,12 @@ def run_subpop_experiment(cfg: SubpopConfig) -> tuple[RunFolder, dict[str, Any]]
     y = test.y.numpy()
     times["total_seconds"] = time.perf_counter() - start
     metrics: dict[str, Any] = {
-        "name": cfg.name, "version": __version__, "seed": cfg.seed, "platform": platform.platform(),
+        "name": cfg.name, "version": __version__, "family": "subpopulation", "seed": cfg.seed,
+        "platform": platform.platform(),
         "torch": torch.__version__, "workers": workers,
         "data": {"name": cfg.data.name, "victim": len(victim), "attacker": len(attacker), "test": len(test),
                  "features": int(np.prod(test.x.shape[1:])), **({"validation": len(val)} if val is not None else {})},
-        "model": {"name": spec.name, "options": spec.options, "mode": spec.mode,
+        "model": {"name": spec.name, "options": spec.model_options(), "mode": spec.mode,
                   "clean_accuracy": float((clean_pred == y).mean())},
         "subpopulations": {"kind": cfg.subpopulations.kind, "count": len(subs), **how},
         "summary": summary, "defenses": defenses, **({"certified": certified} if certified else {}),

@@ -1,8 +1,11 @@
 """Victim and attacker learners of the subpopulation attack (Jagielski et al., CCS 2021, Sec. 5).
 
-A :class:`LearnerSpec` names a project network (``mlp`` with ``hidden: []`` is logistic
-regression, ``hidden: [10]`` the paper's one-hidden-layer MLP for UCI Adult; ``small-cnn``,
-``badnet-mnist``... for images) and how it is trained (:class:`~poisonlab.train.TrainConfig`).
+A :class:`LearnerSpec` names a learner of the model registry (``mlp`` with ``hidden: []`` is
+logistic regression, ``hidden: [10]`` the paper's one-hidden-layer MLP for UCI Adult; ``small-cnn``,
+``badnet-mnist``... for images; scikit-learn estimators such as ``random-forest``; a model named
+by import path) and how it is trained (:class:`~poisonlab.train.TrainConfig`; estimators ignore it).
+Building and training go through :func:`poisonlab.models.build_model` and
+:func:`poisonlab.models.learners.fit_learner` (torch networks: the same trainer, bit for bit).
 Text is turned into TF-IDF features first (:class:`TextFeatures`) and then learnt like a
 table. Three training modes (Sec. 5.3):
 
@@ -12,7 +15,8 @@ table. Three training modes (Sec. 5.3):
 * ``fine-tune``: every layer of the clean victim model is trained further.
 
 In the last two modes the clean comparison model A(D) is trained the same way on D alone,
-so that target damage measures the poison, not the extra training.
+so that target damage measures the poison, not the extra training. They continue a torch
+network; an estimator learns in ``scratch`` mode only.
 """
 from __future__ import annotations
 
@@ -26,12 +30,18 @@ from torch import nn
 
 from ..data.base import Dataset
 from ..errors import PoisonlabError
-from ..models import build_model
+from ..models import MODELS, EstimatorModel, build_model
 from ..models.layers import activations
-from ..train import TrainConfig, predict_logits, seed_everything, train_model
+from ..models.learners import fit_learner, require
+from ..train import TrainConfig, predict_logits, seed_everything
 from ..transfer import freeze_all_but_last_linear
 
 Mode = Literal["scratch", "transfer", "fine-tune"]
+
+
+class _DefaultOptions(dict):
+    """The default ``options`` (the paper's MLP, ``hidden: [10]``): only meant for ``mlp``, so a
+    spec naming another model without options builds it with its own defaults."""
 
 
 @dataclass
@@ -39,7 +49,7 @@ class LearnerSpec:
     """``model:`` of a subpopulation experiment: network, options, training and mode."""
 
     name: str = "mlp"
-    options: dict[str, Any] = field(default_factory=lambda: {"hidden": [10]})
+    options: dict[str, Any] = field(default_factory=lambda: _DefaultOptions(hidden=[10]))
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=20, batch_size=256, optimizer="adam",
                                                                     lr=0.001, schedule="constant"))
     mode: Mode = "scratch"
@@ -52,18 +62,28 @@ class LearnerSpec:
         self.train.validate()
         if self.retrain is not None:
             self.retrain.validate()
+        if (self.mode != "scratch" and isinstance(self.name, str) and self.name in MODELS
+                and MODELS.get(self.name).kind == "estimator"):
+            raise PoisonlabError(f"model.mode {self.mode} continues training a torch network; model "
+                                 f"'{self.name}' is a scikit-learn estimator; use mode: scratch")
+
+    def model_options(self) -> dict[str, Any]:
+        """The options ``build`` passes (the MLP default only for ``mlp``)."""
+        if isinstance(self.options, _DefaultOptions) and self.name != "mlp":
+            return {}
+        return dict(self.options)
 
 
 def build(spec: LearnerSpec, data: Dataset, seed: int) -> nn.Module:
-    """A fresh network for ``data``'s input shape and classes, initialised from ``seed``."""
+    """A fresh learner for ``data``'s input shape and classes, initialised from ``seed``."""
     seed_everything(seed)
-    return build_model(spec.name, tuple(data.x.shape[1:]), data.num_classes, spec.options)
+    return build_model(spec.name, tuple(data.x.shape[1:]), data.num_classes, spec.model_options())
 
 
 def fit_scratch(spec: LearnerSpec, data: Dataset, seed: int) -> nn.Module:
-    """Train a fresh network on ``data`` (deterministic for a seed on CPU)."""
+    """Train a fresh learner on ``data`` (deterministic for a seed on CPU)."""
     model = build(spec, data, seed)
-    train_model(model, data, spec.train, seed=seed, device="cpu", desc="subpop fit")
+    fit_learner(model, data, spec.train, seed=seed, device="cpu", desc="subpop fit")
     return model.eval()
 
 
@@ -73,10 +93,11 @@ def fit_victim(spec: LearnerSpec, pretrained: nn.Module | None, data: Dataset, s
         return fit_scratch(spec, data, seed)
     if pretrained is None:
         raise PoisonlabError(f"model.mode {spec.mode} continues a clean model; none was given")
+    require(pretrained, "torch", f"model.mode {spec.mode} (use mode: scratch)")
     model = copy.deepcopy(pretrained)
     if spec.mode == "transfer":
         freeze_all_but_last_linear(model)
-    train_model(model, data, spec.retrain or spec.train, seed=seed, device="cpu", desc=f"subpop {spec.mode}")
+    fit_learner(model, data, spec.retrain or spec.train, seed=seed, device="cpu", desc=f"subpop {spec.mode}")
     return model.eval()
 
 
@@ -93,7 +114,9 @@ def predictions(model: nn.Module, x: torch.Tensor, batch_size: int = 4096) -> np
 def last_hidden_layer(model: nn.Module) -> str | None:
     """Name of the module whose output feeds the last ``nn.Linear`` of a Sequential network
     (the paper's ClusterMatch representation); ``None`` when that layer reads the raw input
-    (logistic regression)."""
+    (logistic regression, and every scikit-learn estimator: it reads the raw features)."""
+    if isinstance(model, EstimatorModel):
+        return None
     if not isinstance(model, nn.Sequential):
         raise PoisonlabError(f"{type(model).__name__} is not an nn.Sequential; name the representation layer")
     names = list(model._modules)
@@ -128,7 +151,7 @@ class TextFeatures:
     min_df: int = 2
     vectorizer: Any = None
 
-    def fit(self, texts: np.ndarray) -> "TextFeatures":
+    def fit(self, texts: np.ndarray) -> TextFeatures:
         from sklearn.feature_extraction.text import TfidfVectorizer
 
         if len(texts) == 0:

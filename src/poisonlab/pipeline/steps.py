@@ -1,0 +1,155 @@
+"""The steps of one experiment, in run order (:data:`STEPS`); each reads and fills the
+:class:`~poisonlab.pipeline.context.Context`.
+
+Every check that can fail runs before any training (unknown names, layers, needs); the
+clean reference is fitted before the attack poisons, so an attack may use it as its
+surrogate (:class:`~poisonlab.pipeline.context.Reference`).
+"""
+from __future__ import annotations
+
+import platform
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .. import __version__, report
+from ..attacks import build_attack
+from ..data import load_data
+from ..data.splits import carve_validation, limit_rows
+from ..defend import check_defenses, run_defenses
+from ..defenses import FilterContext
+from ..errors import PoisonlabError
+from ..provenance import provenance
+from ..resources import peak_rss_mb, timed
+from .context import Context, Reference, Victim
+from .extras import enabled_extras, run_stage
+from .fit import fit, fit_clean, new_model
+from .measuring import measure_model, measure_victim, model_metrics
+
+
+def prepare(ctx: Context) -> None:
+    """Build the attack, the defenses and the optional steps from the config (nothing is loaded)."""
+    cfg = ctx.cfg
+    ctx.attack = build_attack(cfg.attack) if cfg.attack is not None else None
+    if ctx.attack is not None:
+        ctx.family.check_attack(ctx.attack)
+    ctx.defenses = check_defenses(cfg.defenses)
+    if ctx.defenses and ctx.attack is None:
+        raise PoisonlabError("defenses need an attack to defend against; add an attack: section")
+    ctx.extras = enabled_extras(cfg)
+
+
+def load(ctx: Context) -> None:
+    """Load the data, carve the clean validation split from the training rows, run every check."""
+    cfg = ctx.cfg
+    with timed(ctx.times, "load_seconds"):
+        ctx.split = ctx.given if ctx.given is not None else load_data(cfg.data)
+    train_all = limit_rows(ctx.split.train, cfg.data.train_limit, cfg.seed)
+    ctx.train, ctx.val = carve_validation(train_all, cfg.data.val_fraction, cfg.seed)
+    ctx.test = ctx.split.test
+    if (ctx.defenses or cfg.pruning_aware is not None) and ctx.val is None:
+        raise PoisonlabError("defenses and the pruning-aware attack decide on a clean validation split; "
+                             "set data.val_fraction > 0")
+    new_model(ctx, ctx.train)  # an unknown model or bad options fail before any training
+    run_stage(ctx, "check")
+    run_stage(ctx, "after_data")
+    if ctx.attack is not None:
+        ctx.attack.check(ctx.train)
+
+
+def fit_reference(ctx: Context) -> None:
+    """Fit (or load from the cache) the clean reference and measure it."""
+    ctx.clean = fit_clean(ctx, ctx.train)
+
+
+def poison(ctx: Context) -> None:
+    """Let the attack poison the training rows (reading the clean reference when it asks for one)."""
+    attack = ctx.attack
+    if attack is None:
+        return
+    rng = np.random.default_rng([ctx.cfg.seed, 0xBAD])
+    if getattr(attack, "uses_reference", False):
+        ref = Reference(ctx.clean.model, ctx.val, ctx.device, ctx.cfg.seed)
+        ctx.poison = attack.poison(ctx.train, rng, ref)
+    else:
+        ctx.poison = attack.poison(ctx.train, rng)
+    ctx.evaluation = attack.evaluation_set(ctx.test)
+
+
+def fit_victim(ctx: Context) -> None:
+    """Fit the main victim on the poisoned training set, the same way as the clean reference."""
+    if ctx.poison is None:
+        return
+    trained = fit(ctx, ctx.poison.dataset, "victim")
+    ctx.victims.append(Victim("victim", ctx.family.victim_label, trained, filterable=True, weights=None))
+
+
+def measure(ctx: Context) -> None:
+    """Measure the clean reference and the victim; the run's metrics start here."""
+    cfg, test = ctx.cfg, ctx.test
+    base_eval, ctx.clean_preds = measure_model(ctx, ctx.clean.model, "baseline")
+    ctx.metrics = {
+        "name": cfg.name, "version": __version__, "family": ctx.family.name, "seed": cfg.seed,
+        "device": str(ctx.device), "config_hash": ctx.config_hash, "provenance": provenance(ctx.split),
+        "platform": platform.platform(), "torch": torch.__version__,
+        "threads": torch.get_num_threads(),  # CPU sums (so the last digits) can depend on it
+        "data": {"name": cfg.data.name, "train": len(ctx.train), "validation": len(ctx.val) if ctx.val else 0,
+                 "test": len(test), "classes": test.num_classes, "shape": list(test.x.shape[1:])},
+        "baseline": model_metrics(ctx.clean, base_eval),
+    }
+    victim = ctx.victim
+    if victim is None:
+        return
+    measure_victim(ctx, victim, "victim")
+    ctx.metrics["attack"] = {**ctx.attack.describe(), "n_poison": ctx.poison.n_poison,
+                             "train_size_poisoned": len(ctx.poison.dataset),
+                             **ctx.family.measure.describe(ctx.evaluation)}
+    ctx.metrics["victim"] = victim.metrics
+    ctx.metrics["victim_label"] = victim.label
+    if "clean_error" in base_eval and "clean_error" in victim.metrics:
+        ctx.metrics["clean_error_increase"] = victim.metrics["clean_error"] - base_eval["clean_error"]
+
+
+def analyse(ctx: Context) -> None:
+    """Optional analyses of the victim, then optional further victims."""
+    run_stage(ctx, "analyse")
+    run_stage(ctx, "add_victims")
+    for v in ctx.victims:
+        if v.key != "victim":
+            ctx.metrics[v.key] = v.metrics
+
+
+def filter_context(ctx: Context) -> FilterContext:
+    """What filtering defenses get: the poisoned rows, which are poison, how to retrain the victim."""
+    a = ctx.cfg.attack or {}
+    target = a.get("target", 0) if a.get("labels", "single-target") == "single-target" else None
+    return FilterContext(ctx.poison.dataset, ctx.poison.poison_mask,
+                         lambda ds, name: fit(ctx, ds, f"retrain ({name})").model, target, ctx.val)
+
+
+def defend(ctx: Context) -> None:
+    """Every configured defense against every victim; the attack x defense table."""
+    if not ctx.defenses:
+        return
+    evaluate: Callable[[Any, str], dict[str, Any]] = lambda m, name: measure_model(ctx, m, name)[0]  # noqa: E731
+    rows: list[dict[str, str]] = []
+    for v in ctx.victims:
+        defended = run_defenses(ctx.defenses, v.trained.model, ctx.val, ctx.test, ctx.evaluation, evaluate,
+                                ctx.cfg.seed, ctx.device, {**v.metrics, "peak_rss_mb": peak_rss_mb()}, ctx.folder,
+                                attack_label=v.label, context=filter_context(ctx) if v.filterable else None)
+        if defended.metrics:
+            (ctx.metrics if v.key == "victim" else v.metrics)["defenses"] = defended.metrics
+            rows += defended.rows
+    if rows:
+        ctx.folder.write_text("tables/defenses.md", report.to_markdown(rows, f"{ctx.cfg.name}: attack x defense"))
+        ctx.folder.write_text("tables/defenses.csv", report.to_csv(rows))
+
+
+def finish(ctx: Context) -> None:
+    """Optional steps that read the defended results (the transfer students)."""
+    run_stage(ctx, "finish")
+
+
+STEPS: tuple[Callable[[Context], None], ...] = (fit_reference, poison, fit_victim, measure, analyse, defend, finish)
+"""The steps run inside the run folder, after :func:`prepare` and :func:`load`."""
