@@ -97,6 +97,9 @@ class ExperimentConfig:
         check_data_config(self.data)  # a reader's path and options, without reading a file
         need_int(self.seed, "seed", 0, SEED_MAX)
         check_model_options(self.model.options)
+        from .models import check_model_name
+
+        check_model_name(self.model.name)  # registered, or an import path naming a model class
         self.train.validate()
         if self.transfer is not None:
             self.transfer.validate()

@@ -59,6 +59,9 @@ class LearnerSpec:
     def validate(self) -> None:
         if self.mode not in ("scratch", "transfer", "fine-tune"):
             raise PoisonlabError(f"model.mode must be scratch, transfer or fine-tune, got {self.mode!r}")
+        from ..models import check_model_name
+
+        check_model_name(self.name)  # registered, or an import path naming a model class
         self.train.validate()
         if self.retrain is not None:
             self.retrain.validate()
