@@ -18,7 +18,7 @@ def test_defenses_table_and_curves(tmp_path):
     d = out.metrics["defenses"]
     assert set(d) == {"pruning", "fine-pruning"}
     for name, m in d.items():
-        assert m["clean_accuracy_drop"] == pytest.approx(out.metrics["badnet"]["clean_accuracy"] - m["clean_accuracy"])
+        assert m["clean_accuracy_drop"] == pytest.approx(out.metrics["victim"]["clean_accuracy"] - m["clean_accuracy"])
         assert 0 <= m["fraction_pruned"] <= 1 and m["n_pruned"] % 4 == 0 or m["n_pruned"] == m["channels"]
         assert m["defense_seconds"] > 0 and m["peak_rss_mb"] > 0
         assert (out.path / "tables" / f"pruning_curve_{name}.csv").is_file()
@@ -65,14 +65,14 @@ def test_one_defense_twice_with_labels():
                                                               ("fine-pruning-lr0.05", "fine-pruning", 0.05)]
     with pytest.raises(PoisonlabError, match="give each variant its own label"):
         check_defenses([{"name": "pruning"}, {"name": "pruning"}])
-    with pytest.raises(PoisonlabError, match="defense.label must be 1-40 letters"):
+    with pytest.raises(PoisonlabError, match="defense.label must be a non-empty string other than 'none' of 1-40 letters"):
         check_defenses([{"name": "pruning", "label": "has space"}])
 
 
 def test_filtering_defenses_remove_rows_and_retrain(tmp_path):
     cfg = load_config(None, BASE + [f"output.dir={tmp_path}", "output.plots=false",
-                                    "defenses=[{name: spectral-signatures, epsilon: 0.1}, {name: activation-clustering, "
-                                    "reduce: pca}]"], device="cpu")
+                                    ("defenses=[{name: spectral-signatures, epsilon: 0.1}, {name: activation-clustering, "
+                                     "reduce: pca}]")], device="cpu")
     out = run_experiment(cfg)
     m = out.metrics
     ss = m["defenses"]["spectral-signatures"]

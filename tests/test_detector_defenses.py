@@ -175,9 +175,10 @@ def test_unlearning_set_stamps_a_seeded_share_and_keeps_labels():
 
 # -- registry and config errors ------------------------------------------------------------------------
 def test_registered_as_detectors():
-    for name in ("strip", "neural-cleanse"):
+    for name, kind in (("strip", "input-detector"), ("neural-cleanse", "model-repair")):
         spec = DEFENSES.get(name)
-        assert spec.kind == "detector" and ("Gao et al." in spec.description or "Wang et al." in spec.description)
+        assert spec.kind == kind and ("Gao et al." in spec.description or "Wang et al." in spec.description)
+        assert spec.needs == {"images", "validation"}
     assert DEFENSES.get("spectral-signatures").kind == "filter"
 
 
@@ -227,7 +228,9 @@ def test_detectors_need_image_validation_data(backdoored):
 
 # -- a digits run ------------------------------------------------------------------------------------
 def test_digits_run_writes_both_detector_rows(tmp_path, one_thread):
-    from poisonlab.matrix import cell_summary
+    from poisonlab.families import get_family
+
+    cell_summary = get_family("backdoor").cell_summary
 
     cfg = load_config(None, ["train.epochs=3", f"output.dir={tmp_path}", "output.plots=false",
                              "attack={name: badnets, p: 0.1, trigger: {kind: pattern, margin: 0}}",
@@ -239,7 +242,7 @@ def test_digits_run_writes_both_detector_rows(tmp_path, one_thread):
     s, nc = d["strip"], d["neural-cleanse"]
     assert 0 <= s["clean_rejected_rate"] <= 1 and 0 <= s["triggered_rejected_rate"] <= 1
     assert s["threshold"] > 0 and s["threshold_inputs"] + s["overlay_pool"] == out.metrics["data"]["validation"]
-    assert s["attack_success_rate"] <= out.metrics["badnet"]["attack_success_rate"]  # a gate only removes answers
+    assert s["attack_success_rate"] <= out.metrics["victim"]["attack_success_rate"]  # a gate only removes answers
     assert s["defense_seconds"] > 0 and nc["defense_seconds"] > 0
     assert len(nc["anomaly_index"]) == 10 and "target_flagged" in nc and "clean_accuracy" in nc
     rows = list(csv.DictReader((out.path / "tables" / "defenses.csv").open()))

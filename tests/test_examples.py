@@ -54,7 +54,7 @@ def test_matrix_example_grid_is_valid(path):
     assert len(grid.cells) == len(grid.attacks) * len(grid.seeds) > 0
     for cell in grid.cells:
         assert cell.config.model.name in MODELS and cell.config.data.name in DATASETS
-        assert isinstance(cell.config, SubpopConfig if grid.kind == "subpop" else ExperimentConfig)
+        assert isinstance(cell.config, SubpopConfig if grid.kind == "subpopulation" else ExperimentConfig)
         assert cell.config.output.dir == "/nonexistent-never-written"
 
 

@@ -347,7 +347,7 @@ def test_activation_clustering_validation_rule_flags_the_larger_poison_cluster()
 
 
 def test_validation_rules_leave_classes_with_too_few_validation_rows_alone():
-    x, y, poison, xv, yv = half_poisoned_data()
+    x, y, _poison, xv, yv = half_poisoned_data()
     few = np.r_[np.flatnonzero(yv == 0)[:9], np.flatnonzero(yv == 1)]  # 9 validation rows of class 0
     ss = spectral_signatures(x, y, rule="validation", val_reprs=xv[few], val_labels=yv[few])
     assert not ss.remove[y == 0].any() and "9 validation rows" in ss.details["classes"][0]["note"]
@@ -376,9 +376,9 @@ def test_validation_rule_errors():
 def test_filter_defense_configs_validate_the_validation_keys():
     from poisonlab.defenses import DEFENSES
 
-    with one_line_error(r"defense.false_removal_rate must be in \[0, 1\)"):
+    with one_line_error(r"defense.false_removal_rate must be a number in \[0, 1\)"):
         DEFENSES.get("spectral-signatures").from_config({"rule": "validation", "false_removal_rate": 1.5})
-    with one_line_error(r"defense.validation_ratio must be in \(0, 1\]"):
+    with one_line_error(r"defense.validation_ratio must be a number in \(0, 1\]"):
         DEFENSES.get("activation-clustering").from_config({"rule": "validation", "validation_ratio": 2})
     with one_line_error("rule"):
         DEFENSES.get("spectral-signatures").from_config({"rule": "silhouette"})
@@ -392,8 +392,8 @@ def test_validation_rules_in_a_run_read_the_clean_validation_split(tmp_path):
 
     cfg = load_config(None, ["train.epochs=3", "output.plots=false", f"output.dir={tmp_path}",
                              "attack={name: badnets, p: 0.1, trigger: {kind: pattern, margin: 0}}",
-                             "defenses=[{name: spectral-signatures, rule: validation, false_removal_rate: 0.05}, "
-                             "{name: activation-clustering, reduce: pca, rule: validation}]"], device="cpu")
+                             ("defenses=[{name: spectral-signatures, rule: validation, false_removal_rate: 0.05}, "
+                              "{name: activation-clustering, reduce: pca, rule: validation}]")], device="cpu")
     m = run_experiment(cfg).metrics
     ss, ac = m["defenses"]["spectral-signatures"], m["defenses"]["activation-clustering"]
     n_val = m["data"]["validation"]
@@ -430,10 +430,11 @@ def test_a_filter_that_removes_nothing_does_not_retrain():
 
     ctx = FilterContext(data, torch.from_numpy(poison), retrain, 0)
     spec = DEFENSES.get("activation-clustering")
-    out = spec.run(model, spec.from_config({"reduce": "pca", "size_threshold": 0.01}), ctx)  # flags nothing
+    ctx = ctx.with_model(model)
+    out = spec.run(spec.from_config({"reduce": "pca", "size_threshold": 0.01}), ctx)  # flags nothing
     assert calls == [] and out.extra["n_removed"] == 0 and out.extra["retrained"] is False
     assert all(torch.equal(a, b) for a, b in zip(out.model.state_dict().values(), model.state_dict().values()))
-    out = spec.run(model, spec.from_config({"reduce": "pca", "size_threshold": 0.49}), ctx)
+    out = spec.run(spec.from_config({"reduce": "pca", "size_threshold": 0.49}), ctx)
     assert len(calls) == 1 and calls[0] == 600 - out.extra["n_removed"] and out.extra["retrained"] is True
 
 
@@ -471,10 +472,11 @@ def test_exclusionary_reclassification_keeps_a_legitimate_cluster_and_drops_the_
 
     ctx = FilterContext(data, torch.from_numpy(poison), retrain, 0)
     spec = DEFENSES.get("activation-clustering")
-    plain = spec.run(identity, spec.from_config({"reduce": "pca"}), ctx)
+    ctx = ctx.with_model(identity)
+    plain = spec.run(spec.from_config({"reduce": "pca"}), ctx)
     assert plain.extra["n_removed"] == 60 and calls == [540]  # both small clusters, one final retraining
     calls.clear()
-    out = spec.run(identity, spec.from_config({"reduce": "pca", "exclusionary": True}), ctx)
+    out = spec.run(spec.from_config({"reduce": "pca", "exclusionary": True}), ctx)
     assert calls == [570, 570, 570]  # without class 0's cluster, without class 1's, then the final retraining
     assert out.extra["detection"]["recall"] == 1.0 and out.extra["n_removed"] == 30
     c0, c1 = out.extra["per_class"][0], out.extra["per_class"][1]

@@ -176,7 +176,7 @@ ATTACK_DEFENSE_BOUNDS = [
     ("attack={name: badnets, trigger: {kind: blend, seed: 4294967296}}", "`seed` must be a whole number in 0..4294967295"),
     ("attack={name: badnets, trigger: {kind: compose, triggers: [" + ", ".join(["{kind: patch}"] * 17) + "]}}",
      "at most 16 trigger configs"),
-    ("defenses=[{name: fine-pruning, fine_tune_epochs: 1000000}]", "defense.fine_tune_epochs must be in 1..10000"),
+    ("defenses=[{name: fine-pruning, fine_tune_epochs: 1000000}]", "defense.fine_tune_epochs must be in 0..10000"),
     ("defenses=[{name: fine-pruning, fine_tune_epochs: 3.0}]", "'defense.fine_tune_epochs' must be an integer"),
     ("defenses=[{name: fine-pruning, step: 10000000}]", "defense.step must be at most 1000000 channels"),
     ("defenses=[{name: fine-pruning, fine_tune_lr: 100}]", "defense.fine_tune_lr must be in (0, 10]"),

@@ -14,7 +14,9 @@ import yaml
 from test_matrix import assert_fails_before_running, tiny_grid
 from test_subpop_experiment import SPLIT
 
+import poisonlab.data as data_pkg
 import poisonlab.subpop.experiment as sub_experiment
+from poisonlab.families import subpopulation as subpop_family
 from poisonlab import matrix as matrix_mod
 from poisonlab.errors import PoisonlabError
 from poisonlab.matrix import grid_from_dict, load_grid, run_matrix
@@ -56,7 +58,8 @@ def tiny_subpop_grid(out: Path, **changes) -> dict:
 def planted():
     """Every subpop experiment of this module loads the tiny planted table instead of Adult."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(sub_experiment, "load_dataset", lambda *a, **k: SPLIT)
+        mp.setattr(sub_experiment, "load_data", lambda *a, **k: SPLIT)
+        mp.setattr(data_pkg, "load_data", lambda *a, **k: SPLIT)  # the provenance a finished cell is checked against
         yield
 
 
@@ -100,7 +103,7 @@ def test_cells_run_and_the_table_averages_them_by_hand(first):
     assert cell_metrics[("fm", 0)]["subpopulations"]["count"] == 6  # worst 5 of 6: a real ranking
     for row in outcome.rows:
         hand = [_by_hand(cell_metrics[(row["attack"], s)], row["alpha"], row["defense"]) for s in (0, 1)]
-        for m in matrix_mod.SUBPOP_MEASURES:
+        for m in subpop_family.MEASURES:
             values = [h[m] for h in hand]
             if values[0] is None:
                 assert row[f"{m}_mean"] is None and row[f"{m}_std"] is None
@@ -120,10 +123,10 @@ def test_cells_run_and_the_table_averages_them_by_hand(first):
                                         f"{100 * outcome.rows[4]['clean_removed_std']:.2f}")
     # the matrix's own run folder and index row, as for BadNets grids
     md = (outcome.path / "tables" / "matrix.md").read_text()
-    assert "target damage, worst 5" in md and matrix_mod.SUBPOP_NOTE in md and matrix_mod.STD_NOTE in md
+    assert "target damage, worst 5" in md and subpop_family.NOTE in md and matrix_mod.STD_NOTE in md
     assert (outcome.path / "tables" / "matrix.csv").is_file()
     saved = json.loads((outcome.path / "metrics.json").read_text())
-    assert saved["grid_kind"] == "subpop" and saved["computed"] == outcome.computed and saved["workers"] == 1
+    assert saved["grid_kind"] == "subpopulation" and saved["computed"] == outcome.computed and saved["workers"] == 1
     assert runs[outcome.run_id]["attack"] == "matrix"
 
 
@@ -133,9 +136,8 @@ def test_second_run_reuses_every_cell_whatever_the_workers(first, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("no experiment may run for finished cells")
 
-    for mod in (matrix_mod, sub_experiment):
-        monkeypatch.setattr(mod, "run_subpop_experiment", boom)
-    monkeypatch.setattr(matrix_mod, "run_experiment", boom)
+    monkeypatch.setattr(sub_experiment, "run_subpop_experiment", boom)
+    monkeypatch.setattr(matrix_mod, "run_cell", boom)
     again = run_matrix(grid_from_dict(tiny_subpop_grid(out), workers=2))  # --workers is not part of a cell's hash
     assert again.computed == [] and again.reused == outcome.computed
     assert again.rows == outcome.rows
@@ -152,7 +154,7 @@ def test_workers_do_not_change_numbers_and_undefended_cells_work(first, planted,
     want = [s for s in next(c for c in outcome.metrics["cells"] if c["attack"] == "fm" and c["seed"] == 0)["summary"]
             if s["defense"] == "none"]
     assert plain.metrics["cells"][0]["summary"] == want
-    monkeypatch.setattr(matrix_mod, "run_subpop_experiment", lambda *a, **k: pytest.fail("must be reused"))
+    monkeypatch.setattr(matrix_mod, "run_cell", lambda *a, **k: pytest.fail("must be reused"))
     assert run_matrix(grid_from_dict(raw)).reused == plain.computed
 
 
@@ -167,7 +169,7 @@ def test_predicted_hash_is_the_recorded_one(planted, tmp_path, monkeypatch, val_
     grid = grid_from_dict(raw)
     done = run_matrix(grid)
     assert [r["config_hash"] for r in list_runs(tmp_path) if r["id"] in done.computed] == [grid.cells[0].hash]
-    monkeypatch.setattr(matrix_mod, "run_subpop_experiment", lambda *a, **k: pytest.fail("must be reused"))
+    monkeypatch.setattr(matrix_mod, "run_cell", lambda *a, **k: pytest.fail("must be reused"))
     assert run_matrix(grid_from_dict(raw)).reused == done.computed
 
 
@@ -208,18 +210,18 @@ def _broken(out: Path, edit) -> dict:
     (lambda g: g.update(seeds=[1, 1]), "seeds lists 1 more than once"),
 ])
 def test_errors_are_one_line_and_come_before_any_training(tmp_path, monkeypatch, edit, expected):
-    assert_fails_before_running(tmp_path, monkeypatch, "run_subpop_experiment", lambda out: _broken(out, edit),
+    assert_fails_before_running(tmp_path, monkeypatch, "run_cell", lambda out: _broken(out, edit),
                                 expected)
 
 
 def test_badnets_grids_are_unaffected(tmp_path):
     plain = grid_from_dict(tiny_grid(tmp_path))
     explicit = grid_from_dict({**tiny_grid(tmp_path), "kind": "badnets"})
-    assert plain.kind == explicit.kind == "badnets" and plain.workers is None
+    assert plain.kind == explicit.kind == "backdoor" and plain.workers is None
     assert [c.hash for c in plain.cells] == [c.hash for c in explicit.cells]
     assert [c.config for c in plain.cells] == [c.config for c in explicit.cells]
     for grid in ({**tiny_grid(tmp_path), "workers": 2}, tiny_grid(tmp_path)):
-        with pytest.raises(PoisonlabError, match="remove it from this badnets grid") as info:
+        with pytest.raises(PoisonlabError, match="remove it from this backdoor grid") as info:
             grid_from_dict(grid, workers=None if "workers" in grid else 2)
         assert "\n" not in str(info.value)
     with pytest.raises(PoisonlabError, match="base must not hold 'attack'"):
@@ -230,7 +232,7 @@ def test_cli_prints_the_subpop_table_from_reused_cells(first, tmp_path, capsys, 
     from poisonlab.cli import main
 
     out, _, _ = first
-    monkeypatch.setattr(matrix_mod, "run_subpop_experiment", lambda *a, **k: pytest.fail("must be reused"))
+    monkeypatch.setattr(matrix_mod, "run_cell", lambda *a, **k: pytest.fail("must be reused"))
     path = tmp_path / "grid.yaml"
     path.write_text(yaml.safe_dump(tiny_subpop_grid(out)))
     with pytest.raises(SystemExit) as info:
@@ -244,7 +246,7 @@ def test_cli_prints_the_subpop_table_from_reused_cells(first, tmp_path, capsys, 
 def test_the_adult_example_grid_is_valid():
     grid = load_grid(ROOT / "examples" / "matrix_adult_subpop.yaml", data_dir="/data",
                      output_dir="/nonexistent-never-written")
-    assert grid.kind == "subpop" and grid.seeds == [0, 1]
+    assert grid.kind == "subpopulation" and grid.seeds == [0, 1]
     assert {"trim", "sever"} <= set(grid.defenses)
     kinds = {c.config.subpopulations.kind for c in grid.cells}
     assert kinds == {"feature-match", "cluster-match"} and len(grid.cells) == 2 * len(grid.attacks)

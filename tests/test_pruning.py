@@ -17,6 +17,7 @@ from poisonlab.data.base import Dataset
 from poisonlab.defenses import (
     DEFENSES,
     ChannelMask,
+    DefenseInputs,
     FinePruningConfig,
     activation_point,
     fine_prune,
@@ -51,7 +52,7 @@ def no_hooks(model: nn.Module) -> bool:
     return all(not m._forward_hooks for m in model.modules())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def shared_model(name: str, shape: tuple[int, ...]) -> nn.Module:
     """One instance per architecture for tests that leave it as they found it (ResNet-18 is slow to build)."""
     torch.manual_seed(0)
@@ -495,7 +496,7 @@ def test_fine_prune_returns_a_defended_copy(trained):
     if out.curve.n_pruned:
         pruned = out.curve.pruned_channels
         assert (activations(out.model, val.x, "relu2")["relu2"][:, pruned] == 0).all()
-    ft = DEFENSES.get("fine-tuning").run(model, cfg, val, seed=0)
+    ft = DEFENSES.get("fine-tuning").run(cfg, DefenseInputs(val=val, model=model, seed=0))
     assert ft.curve is None and ft.mask is None and len(ft.fine_tune.history) == 1
     assert {"fine-pruning", "fine-tuning", "pruning"} <= set(DEFENSES.names())
 

@@ -14,7 +14,7 @@ from test_subpop_experiment import BASE, SPEC, SPLIT, planted_table
 
 import poisonlab.subpop.experiment as sub_experiment
 from poisonlab.data.base import Dataset, DataSplit
-from poisonlab.defenses import certified, pruning
+from poisonlab.defenses import DefenseInputs, certified, pruning
 from poisonlab.defenses.certified import (
     SmoothedRidge,
     certified_accuracy_curve,
@@ -24,12 +24,11 @@ from poisonlab.defenses.certified import (
     ridge_alpha,
     smoothed_prediction,
 )
+from poisonlab.defenses.robust_defenses import fit_smoothed_ridge
 from poisonlab.errors import PoisonlabError
 from poisonlab.models import activations
 from poisonlab.subpop import feature_match, membership
 from poisonlab.subpop.config import load_subpop_config
-from poisonlab.defenses import DefenseInputs
-from poisonlab.defenses.robust_defenses import fit_smoothed_ridge
 from poisonlab.subpop.defended import certified_curve, parse_defenses
 from poisonlab.subpop.learners import fit_scratch, predictions
 from poisonlab.subpop.poisons import label_flip_poisons

@@ -51,9 +51,11 @@ def test_defense_defaults_are_filled():
     assert cfg.defenses[1] == {"name": "sever", "label": "sever", "remove_fraction": 0.01, "rounds": 4}
     assert cfg.defenses[2]["epsilon"] == 0.05 and cfg.defenses[2]["removal_factor"] == 1.5
     assert cfg.defenses[2]["rule"] == "budget" and cfg.defenses[2]["false_removal_rate"] == 0.05
-    assert cfg.defenses[3] == {"name": "activation-clustering", "label": "ac", "dims": 10, "reduce": "pca",
+    # the registered defaults (Chen et al. 2018: FastICA to 10 dimensions, relative size 0.35)
+    assert cfg.defenses[3] == {"name": "activation-clustering", "label": "ac", "dims": 10, "reduce": "ica",
                                "rule": "size", "size_threshold": 0.35, "silhouette_threshold": 0.10,
-                               "validation_ratio": 0.5}
+                               "validation_ratio": 0.5, "exclusionary": False, "exclusionary_threshold": 1.0,
+                               "layer": "auto", "batch_size": 1024}
     assert cfg.defenses[4] == {"name": "trim", "label": "t90", "keep_fraction": 0.9, "max_iters": 5}
     specs = cfg.defense_specs()  # the filled list validates again
     assert trim_keep_count(specs[0].params, 1000) == 950 and trim_keep_count(specs[4].params, 15) == 14  # 13.5 -> 14
@@ -106,7 +108,7 @@ def test_parallel_equals_serial_with_defenses(defended_inputs, defended_serial):
 
 
 def test_experiment_writes_the_defense_table(tmp_path, monkeypatch, one_thread):
-    monkeypatch.setattr(sub_experiment, "load_dataset", lambda *a, **k: SPLIT)
+    monkeypatch.setattr(sub_experiment, "load_data", lambda *a, **k: SPLIT)
     cfg = load_subpop_config(None, BASE + [f"output.dir={tmp_path}", "output.plots=false",
                                            ("subpopulations={features: [color, size], min_test: 10, "
                                             "max_test: null, limit: 6}"),
@@ -153,10 +155,10 @@ def test_validation_rules_read_the_validation_split(defended_inputs):
     decide exactly as the library functions do on the undefended victim's representations of
     D ∪ D_p and of the clean validation rows."""
     from poisonlab.data.base import Dataset
+    from poisonlab.defenses import DefenseInputs
     from poisonlab.defenses.activation_clustering import activation_clustering
     from poisonlab.defenses.filtering import representations
     from poisonlab.defenses.spectral import spectral_signatures
-    from poisonlab.subpop.defended import apply_defense
 
     s = defended_inputs
     val = planted_table(200, 3)
@@ -166,14 +168,16 @@ def test_validation_rules_read_the_validation_split(defended_inputs):
     model = fit_scratch(SPEC, poisoned, 0)
     reps, vreps = representations(model, poisoned.x, "auto"), representations(model, val.x, "auto")
     ss, ac = parse_defenses([{"name": "spectral-signatures", "rule": "validation"},
-                             {"name": "activation-clustering", "rule": "validation"}])
-    got_ss, _ = apply_defense(ss, SPEC, None, poisoned, model, 0, val)
+                             {"name": "activation-clustering", "reduce": "pca", "rule": "validation"}])
+    mask = torch.arange(len(poisoned)) >= len(s.victim)
+    ctx = DefenseInputs(poisoned, mask, lambda ds, name: fit_scratch(SPEC, ds, 0), None, val, model=model)
+    got_ss = ss.run(ctx).removed
     want_ss = spectral_signatures(reps, poisoned.y.numpy(), rule="validation", val_reprs=vreps,
                                   val_labels=val.y.numpy(), false_removal_rate=0.05).remove
     assert np.array_equal(got_ss, want_ss)
-    got_ac, _ = apply_defense(ac, SPEC, None, poisoned, model, 0, val)
+    got_ac = ac.run(ctx).removed
     want_ac = activation_clustering(reps, poisoned.y.numpy(), 10, "pca", "validation", seed=0, val_reprs=vreps,
                                     val_labels=val.y.numpy()).remove
     assert np.array_equal(got_ac, want_ac)
     with pytest.raises(PoisonlabError, match="set data.val_fraction > 0"):
-        apply_defense(ss, SPEC, None, poisoned, model, 0, None)
+        ss.run(ctx.with_model(model, val=None))

@@ -144,45 +144,41 @@ def runs(
     dir: Path = typer.Option(Path("runs"), "--dir", help=RUNS_DIR_HELP),
     limit: int = typer.Option(20, "--limit", help="show at most this many runs (newest first)"),
     as_json: bool = typer.Option(False, "--json", help="print the index rows as JSON"),
+    wide: bool = typer.Option(False, "--wide", help="every column, even on a terminal too narrow for them"),
 ) -> None:
-    """List stored runs: id, date, data set, attack and key metrics."""
-    from rich.table import Table
-
-    from .report import pct
+    """List stored runs of every family: id, name, attack and key metrics (on a narrow terminal the
+    columns that fit; --wide: all of them)."""
     from .store import list_runs
-    from .store_view import cell, summary_number
+    from .store_view import print_runs, run_cells
 
     rows = list_runs(dir, limit=max(limit, 0), with_metrics=False)
-    keys = ("baseline_clean_acc", "badnet_clean_acc", "attack_success", "seconds")
-    numbers = [{k: summary_number(r, k, dir) for k in keys} for r in rows]  # damage: one line, before any output
+    for r in rows:
+        run_cells(r, dir)  # damage: one line, before any output
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
     if not rows:
         typer.echo(f"no runs in {dir} (start one with: poisonlab run examples/digits_badnets.yaml)")
         return
-    table = Table(title=cell(f"runs in {dir}", 200))
-    table.add_column("id", no_wrap=True)
-    for col in ("date", "data", "model", "attack", "seed", "baseline acc", "BadNet acc", "attack success", "s"):
-        table.add_column(col)
-    for r, n in zip(rows, numbers):
-        table.add_row(*(cell(r[k]) for k in ("id", "created", "dataset", "model", "attack", "seed")),
-                      pct(n["baseline_clean_acc"]), pct(n["badnet_clean_acc"]), pct(n["attack_success"]),
-                      f"{n['seconds'] or 0:.0f}")
-    _console().print(table)
+    print_runs(rows, dir, wide)
 
 
 @app.command()
 def show(
     run_id: str = typer.Argument(..., metavar="RUN", help="run id, unique prefix of one, or a run folder"),
     dir: Path = typer.Option(Path("runs"), "--dir", help=RUNS_DIR_HELP),
+    as_json: bool = typer.Option(False, "--json", help="print the run's index summary and metrics.json as JSON "
+                                 "(nothing else on standard output; NaN as null)"),
 ) -> None:
     """Print a run's tables and where its plots and weights are."""
     from .store import find_run, read_metrics
-    from .store_view import plot_names, table_texts
+    from .store_view import plot_names, run_json, table_texts
 
     path = find_run(dir, run_id)
     metrics = read_metrics(path)  # checked: time.total_seconds and peak_memory_mb.rss are numbers
+    if as_json:
+        typer.echo(run_json(path, metrics))
+        return
     typer.echo(f"run folder: {path}")
     for text in table_texts(path):
         typer.echo("")

@@ -1,16 +1,26 @@
-"""What ``poisonlab run`` prints after a run, per family: the tables a person reads first."""
+"""What ``poisonlab run`` prints after a run, per family: the tables a person reads first.
+
+Tables are printed formatted (percentages, "–"), never read back from the run folder's CSV,
+which holds plain numbers for programs."""
 from __future__ import annotations
 
-import csv
+from pathlib import Path
 from typing import Any, Callable
 
 from . import report
 
 
-def _print_csv(path: Any, title: str) -> None:
-    if path.is_file():
-        with path.open() as fh:
-            report.print_table(list(csv.DictReader(fh)), title)
+def _print_markdown(path: Path, title: str, echo: Callable[[str], None]) -> None:
+    """A table of the run folder written by another step, read back from its markdown (the
+    formatted copy): printed as a table, or as text when it is not one table."""
+    if not path.is_file():
+        return
+    text = path.read_text(encoding="utf-8", errors="replace")
+    rows = report.from_markdown(text)
+    if rows:
+        report.print_table(rows, title)
+    elif text.strip():
+        echo(text.rstrip())
 
 
 def print_step_run(cfg: Any, outcome: Any, echo: Callable[[str], None]) -> None:
@@ -20,9 +30,17 @@ def print_step_run(cfg: Any, outcome: Any, echo: Callable[[str], None]) -> None:
     m = outcome.metrics
     report.print_table(summary_table(m), f"{cfg.name}: summary")
     report.print_table(outcome.table, f"{cfg.name}: per-class error (seed table)")
-    _print_csv(outcome.path / "tables" / "defenses.csv", f"{cfg.name}: attack x defense")
-    for extra, title in (("traffic_groups", "by sign type"), ("transfer", "transfer learning")):
-        _print_csv(outcome.path / "tables" / f"{extra}.csv", f"{cfg.name}: {title}")
+    _print_markdown(outcome.path / "tables" / "defenses.md", f"{cfg.name}: attack x defense", echo)
+    groups = m.get("traffic_groups")
+    if groups is not None:
+        from .traffic_report import traffic_table
+
+        nets = {groups["trigger"]: (groups["badnet_clean"], groups["badnet_backdoor"])}
+        report.print_table(traffic_table(groups["baseline_clean"], nets), f"{cfg.name}: by sign type")
+    if "transfer" in m:
+        from .transfer_run import transfer_table
+
+        report.print_table(transfer_table(m["transfer"]), f"{cfg.name}: transfer learning")
     a = m.get("attack")
     if a is not None:
         parts = [f"{a['n_poison']} poison rows"]

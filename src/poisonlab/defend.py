@@ -1,18 +1,23 @@
 """Apply the configured defenses to a trained BadNet and measure each one.
 
-Every defense gets a copy of the suspect model, the clean validation split (its only
-source for decisions, e.g. where pruning stops) and, for the report only, the clean and
-triggered test sets. Results form the attack x defense table of Liu et al. (2018):
-clean accuracy, attack success, share of channels pruned, accuracy drop, time, memory.
+Every registered defense (:data:`poisonlab.defenses.DEFENSES`: filters, robust training,
+model repair, input detectors) is called the same way, ``spec.run(cfg, inputs)``: the suspect
+model, the poisoned training set with its poison mask and ``retrain`` (the victim's own
+training), the clean validation split (its only source for decisions, e.g. where pruning
+stops) and, for the report only, the clean and triggered test sets. Results form the attack x
+defense table of Liu et al. (2018): clean accuracy, attack success, share of channels pruned,
+accuracy drop, share of poisons removed, time, memory.
 A detector that refuses inputs (STRIP) is measured with its refusals: a rejected clean
 input is an error, a rejected triggered input a failed attack; the table shows the shares
 rejected (clean = false rejections, triggered = detections).
 """
 from __future__ import annotations
 
+import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -20,7 +25,14 @@ from torch import nn
 from . import report
 from .attacks import AttackTestSet
 from .data.base import Dataset
-from .defenses import DEFENSES, plot_pruning_curve
+from .defenses import (
+    DEFENSES,
+    DefenseInputs,
+    FinePruningConfig,
+    check_needs,
+    offered_by,
+    plot_pruning_curve,
+)
 from .errors import PoisonlabError
 from .resources import peak_rss_mb
 from .store import RunFolder
@@ -37,7 +49,7 @@ class DefenseReport:
 
 
 def check_defenses(raw: list[dict[str, Any]]) -> list[tuple[str, Any]]:
-    """Validate every ``defenses:`` entry up front (before any training)."""
+    """Validate every ``defenses:`` entry up front (before any training): ``[(label, cfg)]``."""
     out = []
     for i, item in enumerate(raw):
         if not isinstance(item, dict) or "name" not in item:
@@ -52,39 +64,61 @@ def check_defenses(raw: list[dict[str, Any]]) -> list[tuple[str, Any]]:
     return out
 
 
+def defense_inputs(model: nn.Module, val: Dataset | None, test: Dataset | None, attack_set: AttackTestSet | None,
+                   seed: int, device: torch.device | str, context: DefenseInputs | None = None) -> DefenseInputs:
+    """The :class:`~poisonlab.defenses.registry.DefenseInputs` of one victim: ``context`` (the
+    poisoned training set, its poison mask and how to retrain the victim; ``None``: the victim
+    cannot be retrained) with the model, the splits, seed and device."""
+    base = context if context is not None else DefenseInputs()
+    return dataclasses.replace(base, model=model, val=val if val is not None else base.val, test=test,
+                               attack_set=attack_set, seed=seed, device=device)
+
+
+def check_defense_needs(defenses: list[tuple[str, Any]], inputs: DefenseInputs, attack_label: str = "BadNet",
+                        retrainable: bool = True) -> None:
+    """One-line error naming the first defense whose needs ``inputs`` does not offer (before any runs)."""
+    offered = offered_by(inputs)
+    if not retrainable:
+        offered.has["retrain"] = (f"this experiment gives no way to retrain the {attack_label} (defenses that "
+                                  f"filter or retrain apply to the main victim only)")
+    for name, cfg in defenses:
+        check_needs(DEFENSES.get(getattr(cfg, "name", name)), offered, cfg, name)
+
+
 def run_defenses(defenses: list[tuple[str, Any]], model: nn.Module, val: Dataset | None, test: Dataset,
                  attack_set: AttackTestSet | None, evaluate: Evaluate, seed: int, device: torch.device,
                  undefended: dict[str, Any], folder: RunFolder | None = None,
-                 attack_label: str = "BadNet", context: Any = None) -> DefenseReport:
+                 attack_label: str = "BadNet", context: DefenseInputs | None = None) -> DefenseReport:
     """Run each defense on a copy of ``model``; ``evaluate(model, name)`` measures a defended model.
 
-    ``attack_label`` names the attacked model in the table's first column; files of a
-    model other than the plain BadNet get its label as a suffix. ``context`` (a
-    :class:`~poisonlab.defenses.filter_defenses.FilterContext`) lets filtering defenses
-    remove training rows and retrain.
+    Every defense is called the same way, ``spec.run(cfg, inputs)``, with the
+    :class:`~poisonlab.defenses.registry.DefenseInputs` of :func:`defense_inputs`; the needs of
+    every defense are checked first (:func:`~poisonlab.defenses.registry.check_needs`), so a
+    defense the experiment cannot run fails in one line before any defense runs.
+    ``attack_label`` names the attacked model in the table's first column; files of a model
+    other than the plain BadNet get its label as a suffix. ``context`` (a
+    :class:`~poisonlab.defenses.FilterContext`: the poisoned training set, its poison mask and
+    ``retrain``) lets filters and robust training remove training rows and retrain.
     """
     result = DefenseReport()
     if not defenses:
         return result
-    if val is None or len(val) == 0:
-        raise PoisonlabError("defenses decide on a clean validation split; set data.val_fraction > 0")
+    inputs = defense_inputs(model, val, test, attack_set, seed, device, context)
+    check_defense_needs(defenses, inputs, attack_label, retrainable=context is not None)
     suffix = "" if attack_label == "BadNet" else "_" + attack_label.lower().replace(" ", "_").replace("-", "_")
     result.rows.append(_row(attack_label, "none", undefended, undefended, None))
     for name, cfg in defenses:
         start = time.perf_counter()
         spec = DEFENSES.get(getattr(cfg, "name", name))
-        if spec.kind == "filter":
-            if context is None:
-                raise PoisonlabError(f"defense '{name}' filters the training set; it applies to the BadNet only")
-            outcome = spec.run(model, cfg, context, seed=seed, device=device)
-        else:
-            outcome = spec.run(model, cfg, val, test, attack_set, seed=seed, device=device)
+        outcome = spec.run(cfg, inputs)
         seconds = time.perf_counter() - start
         measured = evaluate(outcome.model, name)
         entry = {**measured, "defense_seconds": seconds, "peak_rss_mb": peak_rss_mb(), **outcome.summary()}
         entry["clean_accuracy_drop"] = undefended["clean_accuracy"] - measured["clean_accuracy"]
         result.metrics[name] = entry
-        pruned = outcome.curve.fraction_pruned if outcome.curve else (0.0 if spec.kind == "model" else None)
+        # the Fine-Pruning family reports the share pruned (0 for fine-tuning); others prune nothing ("–")
+        pruned = outcome.curve.fraction_pruned if outcome.curve else (
+            0.0 if isinstance(cfg, FinePruningConfig) else None)
         result.rows.append(_row(attack_label, name, entry, undefended, pruned))
         if folder is not None and outcome.curve is not None:
             outcome.curve.write_csv(folder.file("tables", f"pruning_curve_{name}{suffix}.csv"))

@@ -143,10 +143,14 @@ def _check_sizes(raw: dict[str, Any]) -> None:
 
 def _check_kind(kind: Any) -> Any:
     """The family a grid's ``kind:`` names."""
+    from .families import ALIASES
+
     try:
         return get_family(kind)
     except PoisonlabError:
-        raise PoisonlabError(f"unknown grid kind {shown(kind)}; choose one of {', '.join(FAMILIES.names())} "
+        known = [*FAMILIES.names(), *ALIASES]
+        hint = did_you_mean(kind, known) if isinstance(kind, str) and len(kind) <= 100 else ""
+        raise PoisonlabError(f"unknown grid kind {shown(kind)}{hint}; choose one of {', '.join(FAMILIES.names())} "
                              f"(badnets and subpop are accepted as their older names)") from None
 
 

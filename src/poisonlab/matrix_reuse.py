@@ -44,14 +44,14 @@ def find_finished(root: str | Path, chash: str, done: Callable[[dict[str, Any]],
 
 def provenance_of(cell: Cell, memo: dict[tuple[Any, ...], dict[str, str]]) -> Callable[[], dict[str, str]]:
     """A lazy :func:`provenance` of the data ``cell`` would load (loaded once per data section)."""
-    from .data import load_data
+    from . import data as data_pkg
 
     data = cell.config.data
 
     def current() -> dict[str, str]:
         key = tuple(sorted((k, repr(v)) for k, v in vars(data).items()))
         if key not in memo:
-            memo[key] = provenance(load_data(data))
+            memo[key] = provenance(data_pkg.load_data(data))
         return memo[key]
 
     return current

@@ -1,47 +1,149 @@
 """Tables and plots for a run: the BadNets seed table, confusion matrices, triggers, filters.
 
-Tables are lists of rows (dicts) rendered to CSV, markdown and the terminal; plots are
-PNG files written with matplotlib's Agg backend.
+A table is written twice: for people (markdown and the terminal: percentages, "–" for a
+missing value, notes such as "(cached)") and for programs (CSV: plain numbers, rates as
+fractions 0..1 at full precision, counts as integers, missing values empty). A
+:class:`Table` holds the raw values, one dict per row, and a :class:`Column` per column
+says how a person sees it; :func:`to_markdown` and :func:`print_table` format,
+:func:`to_csv` writes the raw values, :func:`write_table` writes ``tables/<stem>.md`` and
+``.csv``. Plain lists of dicts (already text) are rendered as they are. Plots are PNG files
+written with matplotlib's Agg backend.
 """
 from __future__ import annotations
 
 import csv
 import io
 import math
+import numbers
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 
+MISSING = "–"
+"""How a person sees a missing value (None or NaN); the CSV cell is empty."""
+
+
+def _missing(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
+        return math.isnan(float(value))
+    return False
+
 
 def pct(value: float | None) -> str:
     """A share as a percentage with two decimals; NaN/None as an en dash."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
+    if _missing(value):
+        return MISSING
     return f"{100 * value:.2f}%"
 
 
+FORMATS: dict[str, Callable[[Any], str]] = {
+    "text": str,
+    "int": lambda v: str(int(v)),
+    "pct": pct,                                  # 0.1234 -> 12.34%
+    "pt": lambda v: f"{100 * v:+.2f} pt",        # a difference of shares: -0.012 -> -1.20 pt
+    "g": lambda v: f"{v:g}",
+    "bool": lambda v: "yes" if v else "no",
+    **{f"f{n}": (lambda n: lambda v: f"{v:.{n}f}")(n) for n in range(5)},  # f0 ... f4
+}
+"""Display formats of a :class:`Column` by name."""
+
+
+@dataclass(frozen=True)
+class Column:
+    """A table column: its name (the markdown and CSV header), how a person sees a value
+    (``fmt``: a name of :data:`FORMATS`, or a function ``(value, row) -> str``), and where it
+    appears (``csv``: in the CSV; ``show``: in markdown and on the terminal). A missing value
+    (None, NaN) is shown as "–" and written as an empty cell."""
+
+    name: str
+    fmt: str | Callable[[Any, dict[str, Any]], str] = "text"
+    csv: bool = True
+    show: bool = True
+
+    def __post_init__(self) -> None:
+        if not callable(self.fmt) and self.fmt not in FORMATS:
+            raise ValueError(f"column {self.name!r}: unknown format {self.fmt!r}; one of {', '.join(FORMATS)}")
+
+    def format(self, row: dict[str, Any]) -> str:
+        value = row.get(self.name)
+        if _missing(value):
+            return MISSING
+        return self.fmt(value, row) if callable(self.fmt) else FORMATS[self.fmt](value)
+
+
+def csv_value(value: Any) -> Any:
+    """A raw value as a CSV cell: integers (and booleans, as 1/0) as integers, other numbers at
+    full precision (``repr``), None and NaN empty, anything else as text."""
+    if _missing(value):
+        return ""
+    if isinstance(value, (bool, np.bool_)):
+        return int(value)
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return repr(float(value))
+    return str(value)
+
+
+class Table(list):
+    """Rows of raw values (dicts keyed by column name) and their :class:`Column` s.
+
+    It is a list of those dicts, so code reading a row reads numbers; :meth:`formatted` gives
+    the rows as a person sees them, :meth:`raw` as the CSV holds them."""
+
+    def __init__(self, rows: Iterable[dict[str, Any]] = (), columns: Iterable[Column] = ()) -> None:
+        super().__init__(rows)
+        self.columns = list(columns)
+
+    def formatted(self) -> list[dict[str, str]]:
+        shown = [c for c in self.columns if c.show]
+        return [{c.name: c.format(r) for c in shown} for r in self]
+
+    def raw(self) -> list[dict[str, Any]]:
+        return [{c.name: csv_value(r.get(c.name)) for c in self.columns if c.csv} for r in self]
+
+
+def _shown(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return rows.formatted() if isinstance(rows, Table) else rows
+
+
+def write_table(folder: Any, stem: str, rows: Iterable[dict[str, Any]], columns: Sequence[Column] | None = None,
+                title: str | None = None, markdown: bool = True) -> Table:
+    """Write ``tables/<stem>.md`` (formatted, under ``title``; unless ``markdown`` is false) and
+    ``tables/<stem>.csv`` (raw values) into run folder ``folder``; returns the table.
+    ``rows`` is a :class:`Table`, or raw rows with their ``columns``."""
+    table = rows if columns is None and isinstance(rows, Table) else Table(rows, columns or ())
+    if markdown:
+        folder.write_text(f"tables/{stem}.md", to_markdown(table, title))
+    folder.write_text(f"tables/{stem}.csv", to_csv(table))
+    return table
+
+
 def seed_table(classes: Sequence[str], baseline_clean: np.ndarray, badnet_clean: np.ndarray,
-               badnet_backdoor: np.ndarray) -> list[dict[str, str]]:
+               badnet_backdoor: np.ndarray) -> Table:
     """The BadNets per-class table: class | baseline clean | BadNet clean | BadNet backdoor (errors), plus average.
 
     The average row is the unweighted mean over classes with data, as in the seed's Table 1.
+    Values are error rates (fractions; NaN where a class has no data), shown as percentages.
     """
     from .metrics import mean_class_error
 
-    rows = []
-    for i, name in enumerate(classes):
-        rows.append({"class": name, "baseline clean error": pct(baseline_clean[i]),
-                     "BadNet clean error": pct(badnet_clean[i]), "BadNet backdoor error": pct(badnet_backdoor[i])})
-    rows.append({"class": "average", "baseline clean error": pct(mean_class_error(baseline_clean)),
-                 "BadNet clean error": pct(mean_class_error(badnet_clean)),
-                 "BadNet backdoor error": pct(mean_class_error(badnet_backdoor))})
-    return rows
+    names = ("baseline clean error", "BadNet clean error", "BadNet backdoor error")
+    columns = [Column("class"), *(Column(n, "pct") for n in names)]
+    errors = (baseline_clean, badnet_clean, badnet_backdoor)
+    rows = [{"class": name, **{n: float(e[i]) for n, e in zip(names, errors)}} for i, name in enumerate(classes)]
+    rows.append({"class": "average", **{n: float(mean_class_error(e)) for n, e in zip(names, errors)}})
+    return Table(rows, columns)
 
 
 def to_markdown(rows: list[dict[str, Any]], title: str | None = None) -> str:
-    """A GitHub markdown table."""
+    """A GitHub markdown table (a :class:`Table` formatted)."""
+    rows = _shown(rows)
     if not rows:
         return ""
     head = list(rows[0])
@@ -52,9 +154,28 @@ def to_markdown(rows: list[dict[str, Any]], title: str | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def from_markdown(text: str) -> list[dict[str, str]] | None:
+    """The rows of a table written by :func:`to_markdown` (formatted text), or None when
+    ``text`` holds no such table or a row does not split into the header's cells."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip().startswith("|")]
+    if len(lines) < 2:
+        return None
+    split = lambda ln: [c.strip() for c in ln.strip("|").split(" | ")]  # noqa: E731
+    head = split(lines[0])
+    rows = [split(ln) for ln in lines[2:]]
+    if any(len(r) != len(head) for r in rows):
+        return None
+    return [dict(zip(head, r)) for r in rows]
+
+
 def to_csv(rows: list[dict[str, Any]]) -> str:
+    """CSV text: a :class:`Table`'s raw values (header even without rows), or plain rows as they are."""
     buf = io.StringIO()
-    if rows:
+    if isinstance(rows, Table):
+        writer = csv.writer(buf)
+        writer.writerow([c.name for c in rows.columns if c.csv])
+        writer.writerows(list(r.values()) for r in rows.raw())
+    elif rows:
         writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
@@ -62,15 +183,16 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
 
 
 def print_table(rows: list[dict[str, Any]], title: str | None = None) -> None:
-    """Print a table on the terminal with rich."""
+    """Print a table on the terminal with rich (a :class:`Table` formatted)."""
     import sys
 
     from rich.console import Console
-    from rich.table import Table
+    from rich.table import Table as RichTable
 
+    rows = _shown(rows)
     if not rows:
         return
-    table = Table(title=title)
+    table = RichTable(title=title)
     for i, h in enumerate(rows[0]):
         table.add_column(h, justify="left" if i == 0 else "right")
     for r in rows:

@@ -50,25 +50,22 @@ def summarize(metrics: dict[str, Any]) -> dict[str, Any]:
 def write_outputs(folder: RunFolder, cfg: ExperimentConfig, resolved: dict[str, Any], metrics: dict[str, Any],
                   test: Dataset, attack_set: AttackTestSet | None, baseline: nn.Module,
                   victim: nn.Module | None, victim_preds: dict[str, torch.Tensor],
-                  others: list[Any] = ()) -> list[dict[str, str]]:
+                  others: list[Any] = ()) -> report.Table:
     """The run folder's config, per-class and summary tables, metrics.json, weights and plots;
-    returns the per-class table (Gu et al. 2017, Table 1's shape)."""
+    returns the per-class table (Gu et al. 2017, Table 1's shape; raw error rates)."""
     folder.write_text("config.yaml", yaml.safe_dump(resolved, sort_keys=False))
     classes = test.classes
     nan = np.full(len(classes), np.nan)
     b, a = metrics["baseline"], victim_metrics(metrics)
-    table: list[dict[str, str]] = []
+    table = report.Table()
     if "per_class_clean_error" in b:  # a measure with per-class errors (backdoor: Gu et al. 2017, Table 1)
         table = report.seed_table(
             classes, np.array(b["per_class_clean_error"]),
             np.array(a["per_class_clean_error"]) if a else nan,
             np.array(a["per_class_backdoor_error"], dtype=float) if a and "per_class_backdoor_error" in a else nan,
         )
-        folder.write_text("tables/seed_table.md", report.to_markdown(table, f"{cfg.name}: per-class error"))
-        folder.write_text("tables/seed_table.csv", report.to_csv(table))
-    summary = summary_table(metrics)
-    folder.write_text("tables/summary.md", report.to_markdown(summary, f"{cfg.name}: summary"))
-    folder.write_text("tables/summary.csv", report.to_csv(summary))
+        report.write_table(folder, "seed_table", table, title=f"{cfg.name}: per-class error")
+    report.write_table(folder, "summary", summary_table(metrics), title=f"{cfg.name}: summary")
     folder.write_json("metrics.json", metrics)
     if cfg.output.save_weights and is_torch(baseline):  # estimators have no tensors (and are never pickled)
         save_weights(baseline, folder.file("weights", "baseline.safetensors"))
@@ -82,21 +79,32 @@ def write_outputs(folder: RunFolder, cfg: ExperimentConfig, resolved: dict[str, 
     return table
 
 
-def summary_table(metrics: dict[str, Any]) -> list[dict[str, str]]:
-    """One row per model: clean accuracy, attack success, times and poison count."""
+def _train_seconds(seconds: float, row: dict[str, Any]) -> str:
+    return f"{seconds:.1f}" + (" (cached)" if row.get("from_cache") else "")
+
+
+SUMMARY_COLUMNS = (
+    report.Column("model"), report.Column("clean accuracy", "pct"), report.Column("clean error", "pct"),
+    report.Column("attack success", "pct"), report.Column("backdoor error", "pct"),
+    report.Column("train s", _train_seconds), report.Column("eval s", "f1"),
+    report.Column("from_cache", "bool", show=False),  # the markdown's "(cached)" note, as 1/0 in the CSV
+)
+
+
+def summary_table(metrics: dict[str, Any]) -> report.Table:
+    """One row per model: clean accuracy and error, attack success, backdoor error (fractions),
+    training and evaluation seconds, and whether the model came from the baseline cache."""
     rows = []
     victim = metrics.get("victim_label", "BadNet")
     for key, label in (("baseline", "clean baseline"), ("victim", victim), ("pruning_aware", "pruning-aware BadNet")):
         m = victim_metrics(metrics) if key == "victim" else metrics.get(key)
         if m is None:
             continue
-        rows.append({"model": label, "clean accuracy": report.pct(m.get("clean_accuracy")),
-                     "clean error": report.pct(m.get("clean_error")),
-                     "attack success": report.pct(m.get("attack_success_rate")),
-                     "backdoor error": report.pct(m.get("backdoor_error")),
-                     "train s": f"{m['train_seconds']:.1f}" + (" (cached)" if m.get("from_cache") else ""),
-                     "eval s": f"{m['eval_seconds']:.1f}" if "eval_seconds" in m else "–"})
-    return rows
+        rows.append({"model": label, "clean accuracy": m.get("clean_accuracy"), "clean error": m.get("clean_error"),
+                     "attack success": m.get("attack_success_rate"), "backdoor error": m.get("backdoor_error"),
+                     "train s": m["train_seconds"], "eval s": m.get("eval_seconds"),
+                     "from_cache": bool(m.get("from_cache"))})
+    return report.Table(rows, SUMMARY_COLUMNS)
 
 
 def write_plots(folder: RunFolder, metrics: dict[str, Any], test: Dataset, attack_set: AttackTestSet | None,

@@ -7,13 +7,17 @@ when they are regular and small.
 """
 from __future__ import annotations
 
+import json
+import math
 import os
+import re
 import stat
+import sys
 from pathlib import Path
 from typing import Any
 
 from .errors import PoisonlabError, one_line
-from .store_index import damaged, index_file
+from .store_index import RUN_ID, damaged, index_file
 from .store_json import StoreDamage, is_number
 
 MAX_TABLE_BYTES = 1 << 20
@@ -85,3 +89,161 @@ def traffic_groups(metrics: dict[str, Any], run: Path) -> tuple[str, dict[str, f
     except PoisonlabError as exc:
         raise StoreDamage(f"{damage} ({exc})") from None
     return one_line(name, 40), groups["baseline_clean"], pair
+
+
+# -- poisonlab runs -----------------------------------------------------------------------
+RUN_COLUMNS: tuple[tuple[str, int, bool], ...] = (
+    # (header, rank: 0 always shown, else kept in this order on a narrow terminal; wraps)
+    ("id", 0, False), ("date", 9, False), ("name", 0, True), ("data", 7, True), ("model", 8, True),
+    ("attack", 0, True), ("seed", 6, False), ("clean acc", 4, False), ("victim acc", 3, False),
+    ("attack success", 1, False), ("result", 2, True), ("s", 5, False),
+)
+"""The columns of ``poisonlab runs``: clean acc is the clean baseline's (step families) or the
+clean model's (subpopulation sweeps); victim acc and attack success the victim's; result a
+family's own headline (a sweep's worst-k target damage, a matrix's cells)."""
+
+_WORST = re.compile(r"worst(\d+)_target_alpha(.+)")
+
+
+def _pct(v: float | None) -> str:
+    from .report import pct
+
+    return pct(v)
+
+
+def _result(row: dict[str, Any], root: str | Path) -> str:
+    """A family's headline: a matrix's cells, a sweep's worst-k target damage at its largest alpha."""
+    s = row["summary"]
+    if "cells" in s:
+        cells, reused = (summary_number(row, k, root) for k in ("cells", "reused"))
+        return f"{cells or 0:.0f} cells, {reused or 0:.0f} reused"
+    worst = []  # (alpha, k is 5, -k, k, value): the largest alpha, then k = 5, else the smallest k
+    for key in s:
+        m = _WORST.fullmatch(key)
+        value = summary_number(row, key, root) if m else None
+        if m and value is not None:
+            try:
+                alpha, k = float(m.group(2)), int(m.group(1))
+            except ValueError:
+                continue
+            worst.append((alpha, k == 5, -k, k, value))
+    if not worst:
+        return "–"
+    alpha, _, _, k, value = max(worst)
+    return f"worst-{k} damage {value:.3f} (α {alpha:g})"
+
+
+def run_cells(row: dict[str, Any], root: str | Path) -> dict[str, str]:
+    """One index row as the text of each :data:`RUN_COLUMNS` column; a summary value of the wrong
+    type is a one-line :class:`StoreDamage`. Runs of every family: step families (victim metrics
+    under ``victim``, older runs ``badnet``), subpopulation sweeps and matrices."""
+    def first(*keys: str) -> float | None:
+        for k in keys:
+            v = summary_number(row, k, root)
+            if v is not None:
+                return v
+        return None
+
+    seconds = first("seconds")
+    texts = {"id": row["id"], "date": row.get("created"), "name": row.get("name"), "data": row.get("dataset"),
+             "model": row.get("model"), "attack": row.get("attack"), "seed": row.get("seed")}
+    out = {k: "–" if v is None else one_line(str(v), 80) for k, v in texts.items()}
+    out.update({"clean acc": _pct(first("baseline_clean_acc", "clean_acc")),
+                "victim acc": _pct(first("victim_clean_acc", "badnet_clean_acc")),
+                "attack success": _pct(first("attack_success")), "result": _result(row, root),
+                "s": "–" if seconds is None else f"{seconds:.0f}"})
+    return out
+
+
+def _width(text: str, wraps: bool) -> int:
+    from rich.cells import cell_len
+
+    return max((cell_len(w) for w in text.split()), default=0) if wraps else cell_len(text)
+
+
+def natural_width(cells: list[dict[str, str]], columns: list[str]) -> int:
+    """The width of the runs table with ``columns`` and no cell wrapped (rich's box, padding 1)."""
+    from rich.cells import cell_len
+
+    return sum(max(cell_len(c), *(cell_len(r[c]) for r in cells)) for c in columns) + 3 * len(columns) + 1
+
+
+def choose_columns(cells: list[dict[str, str]], width: int | None) -> list[str]:
+    """The columns that fit ``width`` (None: all of them): every one when the table fits; else
+    id, name, attack and the headline columns (attack success, result) that hold a value, then
+    the others by rank while they fit with headers and text cells wrapped at spaces."""
+    names = [c for c, _, _ in RUN_COLUMNS]
+    if width is None or natural_width(cells, names) <= width:
+        return names
+    need = {c: max(_width(c, True), *(_width(r[c], wraps) for r in cells)) for c, _, wraps in RUN_COLUMNS}
+    used = {c for c in names if any(r[c] != "–" for r in cells)}
+    keep = [c for c, rank, _ in RUN_COLUMNS if rank == 0 or (rank <= 2 and c in used)]
+    total = lambda cols: sum(need[c] for c in cols) + 3 * len(cols) + 1  # noqa: E731
+    for c, _, _ in sorted(RUN_COLUMNS, key=lambda x: x[1]):
+        if c not in keep and c in used and total(keep + [c]) <= width:
+            keep.append(c)
+    return [c for c in names if c in keep]
+
+
+def terminal_width() -> int | None:
+    """The width of the terminal standard output is, or None when it is not one (a file, a pipe)."""
+    from rich.console import Console
+
+    console = Console(file=sys.stdout)
+    return console.width if console.is_terminal else None
+
+
+def print_runs(rows: list[dict[str, Any]], root: str | Path, wide: bool = False) -> None:
+    """The runs table on standard output: on a terminal too narrow for it, only the columns that
+    fit (``wide``: all, unsqueezed); elsewhere every column, never squeezed."""
+    from rich.console import Console
+    from rich.table import Table
+
+    cells = [run_cells(r, root) for r in rows]  # damage: one line, before any output
+    names = [c for c, _, _ in RUN_COLUMNS]
+    term = terminal_width()
+    shown = choose_columns(cells, None if wide else term)
+    wraps = {c: w for c, _, w in RUN_COLUMNS}
+    table = Table(title=cell(f"runs in {root}", 200))
+    for c in shown:
+        table.add_column(c, no_wrap=not wraps[c], overflow="fold" if wraps[c] else "ellipsis")
+    for r in cells:
+        table.add_row(*(cell(r[c]) for c in shown))
+    full = natural_width(cells, shown)
+    console = Console(file=sys.stdout, width=term if term is not None and not wide else max(term or 200, full))
+    console.print(table)
+    if len(shown) < len(names):
+        console.print(cell(f"({len(names) - len(shown)} columns hidden to fit {term} characters; --wide shows all)"))
+
+
+# -- poisonlab show --json ----------------------------------------------------------------
+def _strict(value: Any) -> Any:
+    """``value`` with NaN and infinities as None (strict JSON, which jq reads)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_strict(v) for v in value]
+    return value
+
+
+def index_row(run: Path) -> dict[str, Any] | None:
+    """The index row of run folder ``run`` in its store (the folder above it), without the
+    metrics column; None when the store has no index or no row of that id. Damage is one line."""
+    from .store_index import COLUMNS, _select, check_row, connect
+
+    if not RUN_ID.match(run.name):
+        return None
+    columns = tuple(c for c in COLUMNS if c != "metrics")
+    with connect(run.parent) as conn:
+        raw = [] if conn is None else _select(conn, columns, "WHERE id = ?", (run.name,), limit=1)
+    return check_row(raw[0], index_file(run.parent)) if raw else None
+
+
+def run_json(run: Path, metrics: dict[str, Any]) -> str:
+    """``poisonlab show --json``: the run's id, folder, index summary (null when not indexed) and
+    metrics.json, as strict JSON (NaN and infinities as null)."""
+    row = index_row(run)
+    out = {"id": run.name, "path": str(run), "summary": row["summary"] if row else None, "metrics": metrics}
+    return json.dumps(_strict(out), indent=2, allow_nan=False)

@@ -31,7 +31,7 @@ import torch
 
 from .data.gtsrb import CLASSES
 from .errors import PoisonlabError
-from .report import pct, pyplot
+from .report import Column, Table, pyplot
 
 TRAFFIC_GROUPS: list[str] = ["stop", "speed limit", "warning", "other"]
 """The sign types of BadNets Section 4, in the paper's row order (then "average")."""
@@ -168,24 +168,28 @@ def grouped_backdoor(pred_triggered: torch.Tensor, y: torch.Tensor, source: int,
 
 # -- table and plot ---------------------------------------------------------------------
 def traffic_table(baseline_clean: dict[str, float],
-                  badnets: dict[str, tuple[dict[str, float], dict[str, float]]]) -> list[dict[str, str]]:
+                  badnets: dict[str, tuple[dict[str, float], dict[str, float]]]) -> Table:
     """The BadNets Section 4 table: one row per sign type, then ``"average"``.
 
     Columns: ``group``, ``baseline clean``, then for each BadNet (in ``badnets`` order)
     ``"{name} clean"`` and ``"{name} backdoor"``; ``badnets`` maps a name (e.g. the
     trigger) to its (:func:`grouped_accuracy`, :func:`grouped_backdoor`) dicts. Values are
-    percentages as in :func:`poisonlab.report.pct`.
+    accuracies (fractions, NaN for an empty group), shown as percentages as in
+    :func:`poisonlab.report.pct`.
     """
     base = _scores(baseline_clean, "baseline_clean")
     nets = _badnets(badnets)
+    columns = [Column("group"), Column("baseline clean", "pct")]
+    for name in nets:
+        columns += [Column(f"{name} clean", "pct"), Column(f"{name} backdoor", "pct")]
     rows = []
     for key in _ROWS:
-        row = {"group": key, "baseline clean": pct(base[key])}
+        row: dict[str, object] = {"group": key, "baseline clean": base[key]}
         for name, (clean, backdoor) in nets.items():
-            row[f"{name} clean"] = pct(clean[key])
-            row[f"{name} backdoor"] = pct(backdoor[key])
+            row[f"{name} clean"] = clean[key]
+            row[f"{name} backdoor"] = backdoor[key]
         rows.append(row)
-    return rows
+    return Table(rows, columns)
 
 
 def plot_traffic_table(path: str | Path, baseline_clean: dict[str, float],

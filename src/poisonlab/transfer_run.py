@@ -131,23 +131,26 @@ def run_transfer(cfg: TransferConfig, base_train: TrainConfig, data: TransferDat
             "strengthen_channels_from": how, "students": [s.metrics() for s in students]}
 
 
-def transfer_table(result: dict[str, Any]) -> list[dict[str, str]]:
+def transfer_table(result: dict[str, Any]) -> report.Table:
     """BadNets Table 6/7 shape: one row per class of the new task and the average; per student,
-    clean and backdoor accuracy."""
+    clean and backdoor accuracy (fractions, shown as percentages)."""
     students = result["students"]
+    columns = [report.Column("class")]
+    for s in students:
+        columns += [report.Column(f"{s['name']}: clean", "pct"), report.Column(f"{s['name']}: backdoor", "pct")]
     rows = []
     for i, cls in enumerate(result["classes"]):
         row = {"class": cls}
         for s in students:
-            row[f"{s['name']}: clean"] = report.pct(s["per_class_clean"][i])
-            row[f"{s['name']}: backdoor"] = report.pct(s["per_class_backdoor"][i])
+            row[f"{s['name']}: clean"] = s["per_class_clean"][i]
+            row[f"{s['name']}: backdoor"] = s["per_class_backdoor"][i]
         rows.append(row)
     avg = {"class": "average (all test images)"}
     for s in students:
-        avg[f"{s['name']}: clean"] = report.pct(s["clean_accuracy"])
-        avg[f"{s['name']}: backdoor"] = report.pct(s["backdoor_accuracy"])
+        avg[f"{s['name']}: clean"] = s["clean_accuracy"]
+        avg[f"{s['name']}: backdoor"] = s["backdoor_accuracy"]
     rows.append(avg)
-    return rows
+    return report.Table(rows, columns)
 
 
 def plot_transfer(path: str | Path, result: dict[str, Any]) -> None:

@@ -1,49 +1,51 @@
-"""Defenses, registered by name in :data:`DEFENSES`.
+"""Defenses, registered once each by name in :data:`DEFENSES` (:mod:`.registry`).
 
-Each entry is a :class:`DefenseSpec`: ``spec.from_config(raw)`` turns a ``defense:``
-config section into its validated config, and ``spec.run(model, cfg, val, test_clean,
-attack_set, seed=..., device=...)`` returns a :class:`~poisonlab.defenses.pruning.DefenseOutcome`
-holding a defended *copy* of the model (the suspect model is never modified). Decisions
-(e.g. where pruning stops) read ``val`` only; ``test_clean`` and ``attack_set`` are
-measured for the report.
+Each entry is a :class:`DefenseSpec`: ``spec.from_config(raw)`` turns a ``defense:`` config
+section into its validated config (one config dataclass per defense, one set of defaults,
+documented in its docstring), and ``spec.run(cfg, ctx)`` takes a :class:`DefenseInputs`
+(suspect model, poisoned training set and poison mask, ``retrain``, clean validation split,
+test sets for the report, seed, device) and returns a :class:`DefenseOutcome` holding a
+defended *copy* of the model (the suspect model is never modified), the rows it removed when
+it removes rows, and its summary. Decisions read ``ctx.val`` (and the training set) only;
+``ctx.test`` and ``ctx.attack_set`` are measured for the report. ``spec.kind`` is one of
+:data:`KINDS`, ``spec.needs`` a subset of :data:`NEEDS`; :func:`check_needs` names a need the
+experiment does not offer in one line. The BadNets experiment (:func:`poisonlab.defend.run_defenses`)
+and the subpopulation sweep (:mod:`poisonlab.subpop.sweep`) run the same entries.
+
+=====================  ================  ==========================================
+name                   kind              needs
+=====================  ================  ==========================================
+pruning                model-repair      torch-layers, validation
+fine-tuning            model-repair      torch-layers, validation
+fine-pruning           model-repair      torch-layers, validation
+spectral-signatures    filter            torch-layers, retrain (+ validation: rule validation)
+activation-clustering  filter            torch-layers, retrain (+ validation: rule validation)
+trim                   robust-training   retrain
+sever                  robust-training   retrain, row-gradients
+certified              robust-training   binary-labels
+strip                  input-detector    images, validation
+neural-cleanse         model-repair      images, validation
+=====================  ================  ==========================================
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable
-
-from ..config import from_dict
-from ..registry import Registry
-
-
-@dataclass(frozen=True)
-class DefenseSpec:
-    """A registered defense: its config dataclass and the function that applies it."""
-
-    name: str
-    description: str
-    config: type
-    run: Callable[..., Any]
-    kind: str = "model"
-    """``model``: acts on the trained model (pruning, fine-tuning); ``filter``: removes training
-    rows and retrains (needs a :class:`~poisonlab.defenses.filter_defenses.FilterContext`);
-    ``detector``: called like ``model``, detects triggered inputs or infected labels and returns a
-    guarded (:class:`~poisonlab.defenses.detector_defenses.RejectingClassifier`) or repaired copy
-    (STRIP, Neural Cleanse); it prunes no channels."""
-
-    def from_config(self, raw: dict[str, Any] | None = None) -> Any:
-        """The validated config of this defense from its ``defense:`` section."""
-        data = dict(raw or {})
-        data.setdefault("name", self.name)
-        cfg = from_dict(self.config, data, "defense")
-        cfg.validate()
-        return cfg
-
-
-DEFENSES: Registry[DefenseSpec] = Registry("defense")
-
-# the registry exists before defense modules register into it
-from .pruning import (  # noqa: E402
+from .detector_defenses import (
+    NeuralCleanseConfig,
+    RejectingClassifier,
+    StripConfig,
+    StripGuard,
+    neural_cleanse_defense,
+    run_neural_cleanse,
+    run_strip,
+    strip_defense,
+)
+from .filter_defenses import (
+    ActivationClusteringConfig,
+    SpectralConfig,
+    activation_clustering_defense,
+    spectral_defense,
+)
+from .pruning import (
     ChannelMask,
     DefenseOutcome,
     FinePruningConfig,
@@ -57,51 +59,113 @@ from .pruning import (  # noqa: E402
     prune_defense,
     prune_order,
     pruning_curve,
+    run_fine_pruning,
+    run_fine_tuning,
+    run_pruning,
 )
-
-from .filter_defenses import (  # noqa: E402
-    ActivationClusteringConfig,
+from .registry import (
+    DEFENSES,
+    KINDS,
+    NEEDS,
+    ConfiguredDefense,
+    DefenseInputs,
+    DefenseSpec,
     FilterContext,
-    SpectralConfig,
-    activation_clustering_defense,
-    spectral_defense,
+    Offered,
+    check_needs,
+    offered_by,
+    parse_defense_item,
+    register_defense,
+    unregister_defense,
+)
+from .robust_defenses import (
+    CertifiedConfig,
+    SeverConfig,
+    SmoothedRidgeClassifier,
+    TrimConfig,
+    certified_defense,
+    sever_defense,
+    trim_defense,
 )
 
-from .detector_defenses import (  # noqa: E402
-    NeuralCleanseConfig,
-    RejectingClassifier,
-    StripConfig,
-    StripGuard,
-    neural_cleanse_defense,
-    strip_defense,
-)
+_LAYERS_VAL = frozenset({"torch-layers", "validation"})
+_FILTER = frozenset({"torch-layers", "retrain"})
+_IMAGES_VAL = frozenset({"images", "validation"})
 
 for _spec in (
-    DefenseSpec("pruning", "prune dormant conv channels until validation accuracy drops (Liu et al. 2018, 3.1)",
-                FinePruningConfig, prune_defense),
+    DefenseSpec("pruning", "prune dormant conv channels (CNN) or hidden units (MLP) until validation accuracy "
+                "drops (Liu et al. 2018, 3.1)", FinePruningConfig, run_pruning, "model-repair", _LAYERS_VAL),
     DefenseSpec("fine-tuning", "fine-tune on clean validation data (Liu et al. 2018, 3.2 baseline)",
-                FinePruningConfig, fine_tune_defense),
-    DefenseSpec("fine-pruning", "prune dormant channels, then fine-tune (Liu et al. 2018, 3.3)",
-                FinePruningConfig, fine_prune),
+                FinePruningConfig, run_fine_tuning, "model-repair", _LAYERS_VAL),
+    DefenseSpec("fine-pruning", "prune dormant conv channels (CNN) or hidden units (MLP), then fine-tune "
+                "(Liu et al. 2018, 3.3)", FinePruningConfig, run_fine_pruning, "model-repair", _LAYERS_VAL),
     DefenseSpec("spectral-signatures", "remove rows with outlying spectral scores per class (budget 1.5 eps "
-                "or validation threshold), retrain (Tran, Li, Madry 2018)", SpectralConfig, spectral_defense, kind="filter"),
+                "or validation threshold), retrain (Tran, Li, Madry 2018)", SpectralConfig, spectral_defense,
+                "filter", _FILTER),
     DefenseSpec("activation-clustering", "2-means per class on penultimate activations, remove the cluster "
-                "flagged by size, silhouette or the validation rule, retrain (Chen et al. 2018)", ActivationClusteringConfig, activation_clustering_defense,
-                kind="filter"),
+                "flagged by size, silhouette or the validation rule, retrain (Chen et al. 2018)",
+                ActivationClusteringConfig, activation_clustering_defense, "filter", _FILTER),
+    DefenseSpec("trim", "fit, keep the (1 - eps) n rows of lowest loss, refit until stable: TRIM / ILTM "
+                "(Jagielski et al. 2018; Shen & Sanghavi 2019)", TrimConfig, trim_defense, "robust-training",
+                frozenset({"retrain"})),
+    DefenseSpec("sever", "fit, remove the rows whose last-layer gradients project most on the top singular "
+                "direction, refit (Diakonikolas et al. 2019)", SeverConfig, sever_defense, "robust-training",
+                frozenset({"retrain", "row-gradients"})),
+    DefenseSpec("certified", "ridge classifier smoothed over label noise, certified against flipped labels; "
+                "binary labels (Rosenfeld et al. 2020)", CertifiedConfig, certified_defense, "robust-training",
+                frozenset({"binary-labels"})),
     DefenseSpec("strip", "reject test inputs whose predictions stay confident under blending with clean images; "
-                "threshold = frr-quantile on clean validation inputs (Gao et al. 2019)", StripConfig, strip_defense,
-                kind="detector"),
+                "threshold = frr-quantile on clean validation inputs (Gao et al. 2019)", StripConfig, run_strip,
+                "input-detector", _IMAGES_VAL),
     DefenseSpec("neural-cleanse", "reverse-engineer a minimal trigger per label on validation images, flag outlying "
                 "small masks (MAD), unlearn their triggers (Wang et al. 2019)", NeuralCleanseConfig,
-                neural_cleanse_defense, kind="detector"),
+                run_neural_cleanse, "model-repair", _IMAGES_VAL),
 ):
-    DEFENSES.register(_spec.name)(_spec)
+    register_defense(_spec)
 
 
 __all__ = [
-    "DEFENSES", "DefenseSpec", "ChannelMask", "DefenseOutcome", "FinePruningConfig", "PruningResult",
-    "activation_point", "channel_means", "prune_order", "pruning_curve", "plot_pruning_curve", "fine_tune",
-    "prune_defense", "fine_tune_defense", "fine_prune", "FilterContext", "SpectralConfig",
-    "ActivationClusteringConfig", "spectral_defense", "activation_clustering_defense", "StripConfig",
-    "NeuralCleanseConfig", "RejectingClassifier", "StripGuard", "strip_defense", "neural_cleanse_defense",
+    "DEFENSES",
+    "KINDS",
+    "NEEDS",
+    "ActivationClusteringConfig",
+    "CertifiedConfig",
+    "ChannelMask",
+    "ConfiguredDefense",
+    "DefenseInputs",
+    "DefenseOutcome",
+    "DefenseSpec",
+    "FilterContext",
+    "FinePruningConfig",
+    "NeuralCleanseConfig",
+    "Offered",
+    "PruningResult",
+    "RejectingClassifier",
+    "SeverConfig",
+    "SmoothedRidgeClassifier",
+    "SpectralConfig",
+    "StripConfig",
+    "StripGuard",
+    "TrimConfig",
+    "activation_clustering_defense",
+    "activation_point",
+    "certified_defense",
+    "channel_means",
+    "check_needs",
+    "fine_prune",
+    "fine_tune",
+    "fine_tune_defense",
+    "neural_cleanse_defense",
+    "offered_by",
+    "parse_defense_item",
+    "plot_pruning_curve",
+    "prune_defense",
+    "prune_order",
+    "pruning_curve",
+    "register_defense",
+    "sever_defense",
+    "spectral_defense",
+    "strip_defense",
+    "trim_defense",
+    "unregister_defense",
 ]

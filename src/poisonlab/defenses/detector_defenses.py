@@ -31,7 +31,16 @@ import torch
 from torch import nn
 
 from ..attacks.base import AttackTestSet
-from ..checks import MAX_BATCH, MAX_EPOCHS, MAX_LR, MAX_ROWS, is_number, is_whole, need_int, need_number
+from ..checks import (
+    MAX_BATCH,
+    MAX_EPOCHS,
+    MAX_LR,
+    MAX_ROWS,
+    is_number,
+    is_whole,
+    need_int,
+    need_number,
+)
 from ..data.base import Dataset, as_image_batch
 from ..errors import PoisonlabError, shown
 from ..train import TrainConfig, train_model
@@ -40,7 +49,7 @@ from .pruning import DefenseOutcome, check_label
 from .strip import fit_threshold, strip_entropy
 
 __all__ = ["NeuralCleanseConfig", "RejectingClassifier", "StripConfig", "StripGuard", "neural_cleanse_defense",
-           "strip_defense"]
+           "run_neural_cleanse", "run_strip", "strip_defense"]
 
 _SPLIT_TAG = 0x57D1  # STRIP's pool / threshold split of the validation rows
 _NC_TAG = 0x4ECD  # Neural Cleanse's choice of validation images and of the rows to stamp
@@ -71,22 +80,22 @@ class StripConfig:
     pool_share: float = 0.5
     batch_size: int = 2048
 
-    def validate(self) -> None:
-        check_label(self.label)
+    def validate(self, where: str = "defense") -> None:
+        check_label(self.label, f"{where}.label")
         _check(is_number(self.frr) and 0 < self.frr < 1,
-               f"defense.frr must be in (0, 1) (the share of clean validation inputs rejected), got {shown(self.frr)}")
+               f"{where}.frr must be in (0, 1) (the share of clean validation inputs rejected), got {shown(self.frr)}")
         _check(is_whole(self.n_overlays) and self.n_overlays >= 1,
-               f"defense.n_overlays must be a whole number >= 1 (clean images blended per input), "
+               f"{where}.n_overlays must be a whole number >= 1 (clean images blended per input), "
                f"got {shown(self.n_overlays)}")
         _check(is_number(self.alpha) and 0 < self.alpha < 1,
-               f"defense.alpha must be in (0, 1) (the overlay's weight; 0.5 is the paper's), got {shown(self.alpha)}")
+               f"{where}.alpha must be in (0, 1) (the overlay's weight; 0.5 is the paper's), got {shown(self.alpha)}")
         _check(is_number(self.pool_share) and 0 < self.pool_share < 1,
-               f"defense.pool_share must be in (0, 1) (the share of validation images used as overlays), "
+               f"{where}.pool_share must be in (0, 1) (the share of validation images used as overlays), "
                f"got {shown(self.pool_share)}")
         _check(is_whole(self.batch_size) and self.batch_size >= 1,
-               f"defense.batch_size must be a whole number >= 1, got {shown(self.batch_size)}")
-        need_int(self.n_overlays, "defense.n_overlays", 1, MAX_OVERLAYS, "clean images blended per input")
-        need_int(self.batch_size, "defense.batch_size", 1, MAX_BATCH)
+               f"{where}.batch_size must be a whole number >= 1, got {shown(self.batch_size)}")
+        need_int(self.n_overlays, f"{where}.n_overlays", 1, MAX_OVERLAYS, "clean images blended per input")
+        need_int(self.batch_size, f"{where}.batch_size", 1, MAX_BATCH)
 
 
 class RejectingClassifier(nn.Module):
@@ -193,46 +202,46 @@ class NeuralCleanseConfig:
     unlearn_batch_size: int = 32
     eval_batch_size: int = 2048
 
-    def validate(self) -> None:
-        check_label(self.label)
+    def validate(self, where: str = "defense") -> None:
+        check_label(self.label, f"{where}.label")
         _check(is_whole(self.steps) and self.steps >= 1,
-               f"defense.steps must be a whole number >= 1 (optimisation steps per label), got {shown(self.steps)}")
-        _check(is_number(self.lr) and self.lr > 0, f"defense.lr must be > 0, got {shown(self.lr)}")
+               f"{where}.steps must be a whole number >= 1 (optimisation steps per label), got {shown(self.steps)}")
+        _check(is_number(self.lr) and self.lr > 0, f"{where}.lr must be > 0, got {shown(self.lr)}")
         _check(is_number(self.lam) and self.lam >= 0,
-               f"defense.lam must be >= 0 (the weight of the mask's L1 norm), got {shown(self.lam)}")
+               f"{where}.lam must be >= 0 (the weight of the mask's L1 norm), got {shown(self.lam)}")
         _check(is_number(self.threshold) and self.threshold > 0,
-               f"defense.threshold must be > 0 (the anomaly index above which a label is flagged; the paper's "
+               f"{where}.threshold must be > 0 (the anomaly index above which a label is flagged; the paper's "
                f"is 2), got {shown(self.threshold)}")
         _check(is_whole(self.batch_size) and self.batch_size >= 1,
-               f"defense.batch_size must be a whole number >= 1, got {shown(self.batch_size)}")
+               f"{where}.batch_size must be a whole number >= 1, got {shown(self.batch_size)}")
         _check(self.max_images is None or (is_whole(self.max_images) and self.max_images >= 1),
-               f"defense.max_images must be a whole number >= 1 or null (all validation images), "
+               f"{where}.max_images must be a whole number >= 1 or null (all validation images), "
                f"got {shown(self.max_images)}")
         _check(self.mitigate in ("unlearning", "none"),
-               f"defense.mitigate must be 'unlearning' or 'none', got {shown(self.mitigate)}")
+               f"{where}.mitigate must be 'unlearning' or 'none', got {shown(self.mitigate)}")
         _check(is_number(self.unlearn_share) and 0 < self.unlearn_share < 1,
-               f"defense.unlearn_share must be in (0, 1) (the share of validation images stamped with the "
+               f"{where}.unlearn_share must be in (0, 1) (the share of validation images stamped with the "
                f"reversed trigger; the paper's is 0.2), got {shown(self.unlearn_share)}")
         _check(is_whole(self.unlearn_epochs) and self.unlearn_epochs >= 1,
-               f"defense.unlearn_epochs must be a whole number >= 1, got {shown(self.unlearn_epochs)}")
+               f"{where}.unlearn_epochs must be a whole number >= 1, got {shown(self.unlearn_epochs)}")
         _check(is_number(self.unlearn_lr) and self.unlearn_lr > 0,
-               f"defense.unlearn_lr must be > 0, got {shown(self.unlearn_lr)}")
+               f"{where}.unlearn_lr must be > 0, got {shown(self.unlearn_lr)}")
         _check(is_number(self.unlearn_momentum) and 0 <= self.unlearn_momentum < 1,
-               f"defense.unlearn_momentum must be in [0, 1), got {shown(self.unlearn_momentum)}")
+               f"{where}.unlearn_momentum must be in [0, 1), got {shown(self.unlearn_momentum)}")
         _check(is_whole(self.unlearn_batch_size) and self.unlearn_batch_size >= 1,
-               f"defense.unlearn_batch_size must be a whole number >= 1, got {shown(self.unlearn_batch_size)}")
+               f"{where}.unlearn_batch_size must be a whole number >= 1, got {shown(self.unlearn_batch_size)}")
         _check(is_whole(self.eval_batch_size) and self.eval_batch_size >= 1,
-               f"defense.eval_batch_size must be a whole number >= 1, got {shown(self.eval_batch_size)}")
-        need_int(self.steps, "defense.steps", 1, MAX_NC_STEPS, "optimisation steps per label")
-        need_number(self.lr, "defense.lr", 0, MAX_LR, low_open=True)
-        need_number(self.lam, "defense.lam", 0, 1e6)
-        need_number(self.threshold, "defense.threshold", 0, 1e12, low_open=True)
+               f"{where}.eval_batch_size must be a whole number >= 1, got {shown(self.eval_batch_size)}")
+        need_int(self.steps, f"{where}.steps", 1, MAX_NC_STEPS, "optimisation steps per label")
+        need_number(self.lr, f"{where}.lr", 0, MAX_LR, low_open=True)
+        need_number(self.lam, f"{where}.lam", 0, 1e6)
+        need_number(self.threshold, f"{where}.threshold", 0, 1e12, low_open=True)
         if self.max_images is not None:
-            need_int(self.max_images, "defense.max_images", 1, MAX_ROWS)
-        need_int(self.unlearn_epochs, "defense.unlearn_epochs", 1, MAX_EPOCHS)
-        need_number(self.unlearn_lr, "defense.unlearn_lr", 0, MAX_LR, low_open=True)
+            need_int(self.max_images, f"{where}.max_images", 1, MAX_ROWS)
+        need_int(self.unlearn_epochs, f"{where}.unlearn_epochs", 1, MAX_EPOCHS)
+        need_number(self.unlearn_lr, f"{where}.unlearn_lr", 0, MAX_LR, low_open=True)
         for key in ("batch_size", "unlearn_batch_size", "eval_batch_size"):
-            need_int(getattr(self, key), f"defense.{key}", 1, MAX_BATCH)
+            need_int(getattr(self, key), f"{where}.{key}", 1, MAX_BATCH)
 
     def unlearn_config(self) -> TrainConfig:
         return TrainConfig(epochs=self.unlearn_epochs, batch_size=self.unlearn_batch_size,
@@ -303,3 +312,14 @@ def neural_cleanse_defense(model: nn.Module, cfg: NeuralCleanseConfig, val: Data
         extra.update(mitigated=False, unchanged_because="mitigate is none" if cfg.mitigate == "none"
                      else "no label was flagged")
     return DefenseOutcome(suspect, fine_tune=result, extra=extra)
+
+
+# -- as registered defenses: run(cfg, ctx) -----------------------------------------------------
+def run_strip(cfg: StripConfig, ctx: Any) -> DefenseOutcome:
+    """``strip`` on the inputs of :class:`~poisonlab.defenses.registry.DefenseInputs`."""
+    return strip_defense(ctx.model, cfg, ctx.val, ctx.test, ctx.attack_set, seed=ctx.seed, device=ctx.device)
+
+
+def run_neural_cleanse(cfg: NeuralCleanseConfig, ctx: Any) -> DefenseOutcome:
+    """``neural-cleanse`` on the inputs of :class:`~poisonlab.defenses.registry.DefenseInputs`."""
+    return neural_cleanse_defense(ctx.model, cfg, ctx.val, ctx.test, ctx.attack_set, seed=ctx.seed, device=ctx.device)

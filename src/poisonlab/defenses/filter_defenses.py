@@ -17,71 +17,90 @@ decides anything.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
-from torch import nn
 
-from ..data.base import Dataset
-from ..checks import MAX_BATCH, is_number, need_int, need_number
-from ..errors import PoisonlabError, shown
+from ..checks import MAX_BATCH, is_number, is_whole, need_int, need_number
+from ..errors import PoisonlabError, did_you_mean, shown
 from .activation_clustering import activation_clustering, exclusionary_reclassification
 from .filtering import FilterResult, detection_metrics, representations
-from .pruning import DefenseOutcome, check_label
+from .pruning_config import DefenseOutcome
+from .registry import DefenseInputs, FilterContext
 from .spectral import spectral_signatures
 
-
-@dataclass
-class FilterContext:
-    """What a filtering defense needs beyond the model: the poisoned training set, its poison
-    mask (for the report only) and how the experiment retrains its victim."""
-
-    train: Dataset
-    poison_mask: torch.Tensor
-    retrain: Callable[[Dataset, str], nn.Module]
-    target: int | None = None
-    val: Dataset | None = None
-    """The clean validation split (the ``validation`` rules read it; nothing else does)."""
+__all__ = ["ActivationClusteringConfig", "FilterContext", "SpectralConfig", "activation_clustering_defense",
+           "exclusionary_check", "removal_report", "spectral_defense"]
 
 
 MAX_DIMS = 10_000
 
 
+def _fail(where: str, key: str, what: str, value: Any) -> None:
+    raise PoisonlabError(f"{where}.{key} must be {what}, got {shown(value)}")
+
+
+def _share(v: Any, where: str, key: str, low_open: bool, high_open: bool, what: str = "") -> None:
+    """``v`` a number in the interval from 0 to 1 with the open ends given (one-line error)."""
+    ok = is_number(v) and (0 < v if low_open else 0 <= v) and (v < 1 if high_open else v <= 1)
+    if not ok:
+        interval = f"{'(' if low_open else '['}0, 1{')' if high_open else ']'}"
+        _fail(where, key, f"a number in {interval}{f' ({what})' if what else ''}", v)
+
+
+def _choice(v: Any, where: str, key: str, allowed: list[str]) -> None:
+    if v not in allowed:
+        hint = did_you_mean(v, allowed) if isinstance(v, str) and len(v) <= 100 else ""
+        _fail(where, key, " or ".join(allowed) + hint, v)
+
+
 @dataclass
 class SpectralConfig:
-    """``defenses:`` keys of Spectral Signatures. ``rule: budget`` (the paper): ``epsilon`` is
-    the poison rate the defender assumes and ``removal_factor * epsilon`` of each class (by
-    training label) is removed. ``rule: validation``: scores are centred at each class's clean
-    validation mean and rows scoring above what ``false_removal_rate`` of the class's
-    validation rows score are removed (no poison rate assumed)."""
+    """``defenses:`` keys of Spectral Signatures (Tran, Li, Madry, NeurIPS 2018, Algorithm 1).
+
+    ``rule: budget`` (the paper): ``epsilon`` is the poison rate the defender assumes and
+    ``removal_factor * epsilon`` of each class (by training label) is removed. Defaults:
+    ``removal_factor = 1.5`` (the paper's), ``epsilon = 0.05`` (the smaller of the two poison
+    rates of the paper's experiments, 5 % and 10 %; state your own assumed rate). ``rule:
+    validation``: scores are centred at each class's clean validation mean and rows scoring
+    above what ``false_removal_rate`` (default 0.05) of the class's validation rows score are
+    removed (no poison rate assumed). ``layer``: the representation read (``auto``: the input
+    of the last Linear layer)."""
 
     name: str = "spectral-signatures"
     label: str | None = None
     rule: Literal["budget", "validation"] = "budget"
-    epsilon: float = 0.1
+    epsilon: float = 0.05
     removal_factor: float = 1.5
     false_removal_rate: float = 0.05
     layer: str | None = "auto"
     batch_size: int = 1024
 
-    def validate(self) -> None:
-        check_label(self.label)
-        need_number(self.false_removal_rate, "defense.false_removal_rate", 0, 1, high_open=True,
-                    what="the share of clean validation rows the threshold may remove")
-        need_number(self.epsilon, "defense.epsilon", 0, 1, low_open=True, high_open=True,
-                    what="the assumed poison rate")
-        if is_number(self.removal_factor) and not self.removal_factor > 0:
-            raise PoisonlabError(f"defense.removal_factor must be > 0, got {self.removal_factor}")
-        need_number(self.removal_factor, "defense.removal_factor", 0, 100, low_open=True)
-        need_int(self.batch_size, "defense.batch_size", 1, MAX_BATCH)
+    def validate(self, where: str = "defense") -> None:
+        _choice(self.rule, where, "rule", ["budget", "validation"])
+        _share(self.epsilon, where, "epsilon", True, True, "the assumed poison rate")
+        if not (is_number(self.removal_factor) and self.removal_factor > 0):
+            _fail(where, "removal_factor", "a number > 0", self.removal_factor)
+        need_number(self.removal_factor, f"{where}.removal_factor", 0, 100, low_open=True)
+        _share(self.false_removal_rate, where, "false_removal_rate", False, True,
+               "the share of clean validation rows removed")
+        need_int(self.batch_size, f"{where}.batch_size", 1, MAX_BATCH)
+
+    def extra_needs(self) -> frozenset[str]:
+        return frozenset({"validation"}) if self.rule == "validation" else frozenset()
 
 
 @dataclass
 class ActivationClusteringConfig:
-    """``defenses:`` keys of Activation Clustering (per class: reduce to ``dims``, 2-means,
-    flag the smaller cluster by relative size or silhouette)."""
+    """``defenses:`` keys of Activation Clustering (Chen et al. 2018, Sec. 4): per class, reduce
+    the activations to ``dims`` dimensions, 2-means, flag the smaller cluster by relative size
+    or silhouette. Defaults are the paper's: ``reduce = ica`` (FastICA), ``dims = 10``,
+    ``size_threshold = 0.35``; ``silhouette_threshold = 0.10``. ``rule: validation`` flags a
+    cluster whose share of the clean validation rows is below ``validation_ratio`` (0.5) times
+    its share of the training rows."""
 
     name: str = "activation-clustering"
     label: str | None = None
@@ -100,28 +119,51 @@ class ActivationClusteringConfig:
     layer: str | None = "auto"
     batch_size: int = 1024
 
-    def validate(self) -> None:
-        check_label(self.label)
-        if is_number(self.dims) and self.dims < 1:
-            raise PoisonlabError(f"defense.dims must be >= 1, got {self.dims}")
-        need_int(self.dims, "defense.dims", 1, MAX_DIMS, "dimensions kept per class")
-        need_number(self.size_threshold, "defense.size_threshold", 0, 1, low_open=True, high_open=True)
-        need_number(self.silhouette_threshold, "defense.silhouette_threshold", -1, 1)
+    def validate(self, where: str = "defense") -> None:
+        if not (is_whole(self.dims) and self.dims >= 1):
+            _fail(where, "dims", "an integer >= 1", self.dims)
+        need_int(self.dims, f"{where}.dims", 1, MAX_DIMS, "dimensions kept per class")
+        _choice(self.reduce, where, "reduce", ["pca", "ica"])
+        _choice(self.rule, where, "rule", ["size", "silhouette", "validation"])
+        _share(self.size_threshold, where, "size_threshold", True, True)
+        if not (is_number(self.silhouette_threshold) and -1 <= self.silhouette_threshold <= 1):
+            _fail(where, "silhouette_threshold", "a number in [-1, 1]", self.silhouette_threshold)
+        _share(self.validation_ratio, where, "validation_ratio", True, False,
+               "a cluster is flagged when its share of validation rows is below this times its share "
+               "of training rows")
         if not (is_number(self.exclusionary_threshold) and self.exclusionary_threshold >= 0):
-            raise PoisonlabError(f"defense.exclusionary_threshold must be >= 0 (the own-label count must exceed this "
+            raise PoisonlabError(f"{where}.exclusionary_threshold must be >= 0 (the own-label count must exceed this "
                                  f"times the largest other-class count), got {shown(self.exclusionary_threshold)}")
-        need_number(self.exclusionary_threshold, "defense.exclusionary_threshold", 0, 1e6)
-        need_number(self.validation_ratio, "defense.validation_ratio", 0, 1, low_open=True,
-                    what="a cluster is flagged when its share of validation rows is below this times its share "
-                         "of training rows")
-        need_int(self.batch_size, "defense.batch_size", 1, MAX_BATCH)
+        need_number(self.exclusionary_threshold, f"{where}.exclusionary_threshold", 0, 1e6)
+        need_int(self.batch_size, f"{where}.batch_size", 1, MAX_BATCH)
+
+    def extra_needs(self) -> frozenset[str]:
+        return frozenset({"validation"}) if self.rule == "validation" else frozenset()
 
 
 Decide = Callable[[np.ndarray, np.ndarray, "np.ndarray | None", "np.ndarray | None"], FilterResult]
 
 
-def _filter(model: nn.Module, ctx: FilterContext, layer: str | None, batch_size: int, decide: Decide, name: str,
+def removal_report(remove: np.ndarray, ctx: DefenseInputs) -> dict[str, Any]:
+    """What a removal of training rows reports: how many, which share, and (with the poison
+    mask) detection precision / recall / FPR and the share of the target class's clean rows."""
+    assert ctx.train is not None
+    out: dict[str, Any] = {"n_removed": int(remove.sum()), "removed_share": float(remove.mean()) if len(remove) else 0.0}
+    if ctx.poison_mask is not None:
+        poison = ctx.poison_mask.numpy() if isinstance(ctx.poison_mask, torch.Tensor) else np.asarray(ctx.poison_mask)
+        m = detection_metrics(remove, poison, ctx.train.y.numpy(), ctx.train.num_classes)
+        out["detection"] = m
+        if ctx.target is not None:
+            out["target_class_clean_removed"] = m["clean_removed_share_per_class"][ctx.target]
+    return out
+
+
+def _filter(ctx: DefenseInputs, layer: str | None, batch_size: int, decide: Decide, name: str,
             needs_val: bool, check: Callable[[FilterResult, str], None] | None = None) -> DefenseOutcome:
+    if ctx.model is None or ctx.train is None or ctx.retrain is None:
+        raise PoisonlabError(f"defense '{name}' filters the training set: it needs the suspect model, the training "
+                             f"set and a way to retrain the victim")
+    model = copy.deepcopy(ctx.model)  # the suspect model is untouched
     reprs = representations(model.eval(), ctx.train.x, layer, batch_size)
     labels = ctx.train.y.numpy()
     val_reprs = val_labels = None
@@ -137,38 +179,33 @@ def _filter(model: nn.Module, ctx: FilterContext, layer: str | None, batch_size:
     keep = torch.from_numpy(result.keep)
     # nothing removed: retraining on the same rows would give the same model (training is seeded)
     retrained = ctx.retrain(ctx.train.subset(keep.nonzero().flatten()), name) if result.n_removed else model
-    m = detection_metrics(result.remove, ctx.poison_mask.numpy(), labels, ctx.train.num_classes)
     per_class = {c: {k: v for k, v in info.items() if k != "direction"}  # drop the per-class singular vectors
                  for c, info in result.details.get("classes", {}).items()}
-    extra: dict[str, Any] = {"detection": m, "n_removed": result.n_removed, "retrained": bool(result.n_removed),
-                             "removed_share": result.n_removed / len(labels), "per_class": per_class}
-    if ctx.target is not None:
-        extra["target_class_clean_removed"] = m["clean_removed_share_per_class"][ctx.target]
-    return DefenseOutcome(retrained, extra=extra)
+    extra = {**removal_report(result.remove, ctx), "retrained": bool(result.n_removed), "per_class": per_class}
+    return DefenseOutcome(retrained, extra=extra, removed=result.remove.copy())
 
 
-def spectral_defense(model: nn.Module, cfg: SpectralConfig, ctx: FilterContext, seed: int = 0,
-                     device: torch.device | str = "cpu") -> DefenseOutcome:
-    """Spectral Signatures, then retraining on the kept rows; ``model`` is untouched."""
-    return _filter(copy.deepcopy(model), ctx, cfg.layer, cfg.batch_size,
+def spectral_defense(cfg: SpectralConfig, ctx: DefenseInputs) -> DefenseOutcome:
+    """Spectral Signatures on the suspect model's representations of its training rows, then
+    retraining on the kept rows; the suspect model is untouched."""
+    return _filter(ctx, cfg.layer, cfg.batch_size,
                    lambda r, y, rv, yv: spectral_signatures(r, y, cfg.epsilon, cfg.removal_factor, cfg.rule, rv, yv,
                                                             cfg.false_removal_rate),
                    cfg.label or cfg.name, cfg.rule == "validation")
 
 
-def activation_clustering_defense(model: nn.Module, cfg: ActivationClusteringConfig, ctx: FilterContext,
-                                  seed: int = 0, device: torch.device | str = "cpu") -> DefenseOutcome:
-    """Activation Clustering, then retraining on the kept rows; ``model`` is untouched."""
+def activation_clustering_defense(cfg: ActivationClusteringConfig, ctx: DefenseInputs) -> DefenseOutcome:
+    """Activation Clustering, then retraining on the kept rows; the suspect model is untouched."""
     check = (lambda result, name: exclusionary_check(result, ctx, cfg.exclusionary_threshold, name, cfg.batch_size,
-                                                     device)) if cfg.exclusionary else None
-    return _filter(copy.deepcopy(model), ctx, cfg.layer, cfg.batch_size,
+                                                     ctx.device)) if cfg.exclusionary else None
+    return _filter(ctx, cfg.layer, cfg.batch_size,
                    lambda r, y, rv, yv: activation_clustering(r, y, cfg.dims, cfg.reduce, cfg.rule, cfg.size_threshold,
-                                                              cfg.silhouette_threshold, seed, rv, yv,
+                                                              cfg.silhouette_threshold, ctx.seed, rv, yv,
                                                               cfg.validation_ratio),
                    cfg.label or cfg.name, cfg.rule == "validation", check)
 
 
-def exclusionary_check(result: FilterResult, ctx: FilterContext, threshold: float, name: str, batch_size: int = 1024,
+def exclusionary_check(result: FilterResult, ctx: DefenseInputs, threshold: float, name: str, batch_size: int = 1024,
                        device: torch.device | str = "cpu") -> None:
     """Exclusionary reclassification of every flagged cluster (Chen et al. 2018, Sec. 4.3), in place:
     the victim is retrained without the cluster's rows and classifies them; a cluster given

@@ -26,13 +26,14 @@ was: it runs in eval mode and only the mask and pattern receive gradients.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import progress
 from ..data.base import Dataset, as_image_batch
 from ..errors import PoisonlabError, shown
 
@@ -66,10 +67,12 @@ def _check_params(steps: int, lr: float, lam: float, batch_size: int, seed: int)
 
 def reverse_engineer_trigger(model: nn.Module, x_clean: torch.Tensor | Dataset, target: int, steps: int = 300,
                              lr: float = 0.1, lam: float = 0.01, seed: int = 0, batch_size: int = 64,
-                             device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor, float]:
+                             device: torch.device | str = "cpu", on_step: Callable[[], None] | None = None
+                             ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """The smallest trigger found that sends ``x_clean`` to ``target`` (Wang et al. 2019, Eq. 3).
 
-    Minimises ``CE(f((1-m)*x + m*p), target) + lam * sum(m)`` with Adam for ``steps`` steps.
+    Minimises ``CE(f((1-m)*x + m*p), target) + lam * sum(m)`` with Adam for ``steps`` steps
+    (``on_step`` is called after each, e.g. to move a progress bar).
     Returns ``(mask (H, W), pattern (C, H, W), success_rate)`` on the CPU, where the success
     rate is the fraction of all of ``x_clean`` classified as ``target`` with the final trigger
     (images already of class ``target`` count too).
@@ -101,6 +104,8 @@ def reverse_engineer_trigger(model: nn.Module, x_clean: torch.Tensor | Dataset, 
             grads = torch.autograd.grad(loss, [mask_raw, pattern_raw])  # the model's weights get no .grad
             mask_raw.grad, pattern_raw.grad = grads
             opt.step()
+            if on_step is not None:
+                on_step()
         with torch.no_grad():
             mask, pattern = torch.sigmoid(mask_raw), torch.sigmoid(pattern_raw)
             hits = 0
@@ -155,17 +160,23 @@ def neural_cleanse(model: nn.Module, x_clean: torch.Tensor | Dataset, num_classe
     """Reverse-engineer a trigger for every label and flag the outliers (Wang et al. 2019, Section IV).
 
     Labels whose mask L1 norm has an anomaly index above 2 are ``flagged``, most anomalous first.
+    A progress bar over labels x steps is shown on a terminal (:mod:`poisonlab.progress`).
     """
     xs = _images(x_clean, "x_clean")
     _check_params(steps, lr, lam, batch_size, seed)
     if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
         raise PoisonlabError(f"Neural Cleanse needs num_classes >= 2 to compare labels, got {shown(num_classes)}")
     masks, patterns, success = [], [], []
-    for t in range(int(num_classes)):
-        m, p, s = reverse_engineer_trigger(model, xs, t, steps, lr, lam, seed, batch_size, device)
-        masks.append(m)
-        patterns.append(p)
-        success.append(s)
+    n = int(num_classes)
+    # one bar over labels x steps, on a terminal only (poisonlab.progress; off with --quiet)
+    with progress.bar("Neural Cleanse", n * int(steps), unit="step") as bar:
+        for t in range(n):
+            bar.describe(f"Neural Cleanse, label {t + 1}/{n}")
+            m, p, s = reverse_engineer_trigger(model, xs, t, steps, lr, lam, seed, batch_size, device,
+                                               on_step=bar.advance)
+            masks.append(m)
+            patterns.append(p)
+            success.append(s)
     mask_t = torch.stack(masks)
     norms = mask_t.abs().sum((1, 2)).double().numpy()
     anomaly = anomaly_indices(norms)

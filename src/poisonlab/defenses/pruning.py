@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -67,7 +68,7 @@ __all__ = [
     "PruningResult", "activation_point", "bias_site", "channel_means", "channel_stats", "check_label",
     "check_max_drop", "check_step", "choose_stop", "fine_prune", "fine_tune", "fine_tune_defense",
     "hidden_linear_layers", "plot_pruning_curve", "prune_defense", "prune_order", "pruning_curve",
-    "resolve_layer", "split_at", "step_sizes",
+    "resolve_layer", "run_fine_pruning", "run_fine_tuning", "run_pruning", "split_at", "step_sizes",
 ]
 
 #: two accuracies closer than this count as equal in the stop rule (k/N rounding)
@@ -78,7 +79,7 @@ FEATURE_CACHE_BYTES = 2 * 1024 ** 3
 
 
 # -- the pruning curve and the stop rule -------------------------------------------
-def step_sizes(channels: int, step: int | float) -> list[int]:
+def step_sizes(channels: int, step: float) -> list[int]:
     """Numbers of pruned channels at each step: 0, s, 2s, ... and finally all ``channels``.
 
     An int ``step`` prunes that many channels per step; a float in (0, 1] that share of
@@ -114,7 +115,7 @@ def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: in
 
 
 def pruning_curve(model: nn.Module, layer: str | None, val: Dataset, test_clean: Dataset | None = None,
-                  attack_set: AttackTestSet | None = None, step: int | float = 1, max_drop: float = 0.04,
+                  attack_set: AttackTestSet | None = None, step: float = 1, max_drop: float = 0.04,
                   batch_size: int = 2048, device: torch.device | str = "cpu", mask_at: str | None = None,
                   full_curve: bool = True, kind: LayerKind = "conv") -> PruningResult:
     """Prune ``layer`` step by step in increasing clean-activation order (Liu et al. 2018,
@@ -285,11 +286,12 @@ def plot_pruning_curve(path: str | Path, result: PruningResult) -> None:
 def prune_defense(model: nn.Module, cfg: FinePruningConfig, val: Dataset, test_clean: Dataset | None = None,
                   attack_set: AttackTestSet | None = None, seed: int = 0,
                   device: torch.device | str = "cpu") -> DefenseOutcome:
-    """The pruning defense (Sec. 3.1): a pruned copy of ``model``; ``model`` is untouched."""
+    """The pruning defense (Sec. 3.1): a pruned copy of ``model``; ``model`` is untouched. Conv
+    channels of a CNN, hidden units of an MLP (``cfg.layer_kind``)."""
     cfg.validate(model)
     defended = copy.deepcopy(model)
     curve = pruning_curve(defended, cfg.layer, val, test_clean, attack_set, cfg.step, cfg.max_drop,
-                          cfg.eval_batch_size, device, cfg.mask_at, cfg.full_curve)
+                          cfg.eval_batch_size, device, cfg.mask_at, cfg.full_curve, cfg.kind_for(model))
     return DefenseOutcome(defended, curve.apply(defended), curve)
 
 
@@ -306,7 +308,25 @@ def fine_prune(model: nn.Module, cfg: FinePruningConfig, val: Dataset, test_clea
                attack_set: AttackTestSet | None = None, seed: int = 0,
                device: torch.device | str = "cpu") -> DefenseOutcome:
     """Fine-pruning (Sec. 3.3): prune with the validation stop rule, then fine-tune the
-    pruned copy on ``val`` with the mask in place. ``model`` is untouched."""
+    pruned copy on ``val`` with the mask in place (``fine_tune_epochs: 0``: pruning alone).
+    ``model`` is untouched."""
     out = prune_defense(model, cfg, val, test_clean, attack_set, seed, device)
-    out.fine_tune = fine_tune(out.model, val, cfg.fine_tune_config(), seed, device)
+    if cfg.fine_tune_epochs > 0:
+        out.fine_tune = fine_tune(out.model, val, cfg.fine_tune_config(), seed, device)
     return out
+
+
+# -- as registered defenses: run(cfg, ctx) -----------------------------------------------------
+def run_pruning(cfg: FinePruningConfig, ctx: Any) -> DefenseOutcome:
+    """``pruning`` on the inputs of :class:`~poisonlab.defenses.registry.DefenseInputs`."""
+    return prune_defense(ctx.model, cfg, ctx.val, ctx.test, ctx.attack_set, ctx.seed, ctx.device)
+
+
+def run_fine_tuning(cfg: FinePruningConfig, ctx: Any) -> DefenseOutcome:
+    """``fine-tuning`` on the inputs of :class:`~poisonlab.defenses.registry.DefenseInputs`."""
+    return fine_tune_defense(ctx.model, cfg, ctx.val, ctx.test, ctx.attack_set, ctx.seed, ctx.device)
+
+
+def run_fine_pruning(cfg: FinePruningConfig, ctx: Any) -> DefenseOutcome:
+    """``fine-pruning`` on the inputs of :class:`~poisonlab.defenses.registry.DefenseInputs`."""
+    return fine_prune(ctx.model, cfg, ctx.val, ctx.test, ctx.attack_set, ctx.seed, ctx.device)

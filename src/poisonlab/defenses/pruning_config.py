@@ -12,7 +12,16 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from ..checks import MAX_BATCH, MAX_COUNT, MAX_EPOCHS, MAX_LR, need_int, need_number
+from ..checks import (
+    MAX_BATCH,
+    MAX_COUNT,
+    MAX_EPOCHS,
+    MAX_LR,
+    is_number,
+    is_whole,
+    need_int,
+    need_number,
+)
 from ..data.base import Dataset
 from ..errors import PoisonlabError, shown
 from ..report import to_csv
@@ -86,17 +95,29 @@ def fine_tune(model: nn.Module, val: Dataset, cfg: TrainConfig, seed: int = 0,
 # -- the defense ------------------------------------------------------------------------
 @dataclass
 class FinePruningConfig:
-    """``defense:`` keys of pruning, fine-tuning and fine-pruning.
+    """``defense:`` keys of pruning, fine-tuning and fine-pruning (Liu, Dolan-Gavitt, Garg, RAID
+    2018), one config for CNNs and MLPs.
+
+    Defaults are the paper's: ``max_drop = 0.04`` (pruning stops before the clean validation
+    accuracy falls more than 4 points below the unpruned model's, Sec. 3.1), one channel per
+    step, fine-tuning with SGD and a small constant learning rate on the clean validation data
+    (Sec. 3.3; ``fine_tune_epochs = 10``, ``fine_tune_lr = 0.01``, momentum 0.9, batch 128).
 
     ``label`` names this entry in tables and files (default: the defense's name), so that one
-    defense can be listed twice with different settings. ``layer: null`` is the model's last conv layer; ``mask_at`` overrides the activation
-    point; ``step`` is channels (int) or a share of the layer (float) per curve step.
-    Fine-tuning uses SGD with a constant small learning rate on the validation split.
+    defense can be listed twice with different settings. ``layer_kind``: ``conv`` prunes output
+    channels of a Conv2d, ``linear`` hidden units of a Linear layer (every ``nn.Linear`` but the
+    output layer), ``auto`` (default) ``conv`` when the model has a Conv2d, else ``linear`` (an
+    MLP, as in Jagielski et al. 2021, Sec. 6). ``layer: null`` is the last such layer;
+    ``mask_at`` overrides the activation point; ``step`` is channels (int) or a share of the
+    layer (float) per curve step. ``fine_tune_epochs: 0`` (fine-pruning only) prunes without
+    fine-tuning. ``full_curve: false`` ends the curve at the first step past the stop (the
+    stop is the same; only the report's curve is shorter).
     """
 
     name: str = "fine-pruning"
     label: str | None = None
     layer: str | None = None
+    layer_kind: Literal["auto", "conv", "linear"] = "auto"
     mask_at: str | None = None
     max_drop: float = 0.04
     step: int | float = 1
@@ -109,21 +130,38 @@ class FinePruningConfig:
     batch_size: int = 128
     eval_batch_size: int = 2048
 
-    def validate(self, model: nn.Module | None = None) -> None:
+    def validate(self, model: nn.Module | None = None, where: str = "defense") -> None:
         """Range checks; with ``model``, also that ``layer`` and ``mask_at`` exist."""
-        check_label(self.label)
-        check_max_drop(self.max_drop)
-        check_step(self.step)
-        need_int(self.fine_tune_epochs, "defense.fine_tune_epochs", 1, MAX_EPOCHS)
-        need_number(self.fine_tune_lr, "defense.fine_tune_lr", 0, MAX_LR, low_open=True)
-        need_number(self.fine_tune_momentum, "defense.fine_tune_momentum", 0, 1, high_open=True)
-        need_number(self.fine_tune_weight_decay, "defense.fine_tune_weight_decay", 0, 1)
-        need_int(self.batch_size, "defense.batch_size", 1, MAX_BATCH)
-        need_int(self.eval_batch_size, "defense.eval_batch_size", 1, MAX_BATCH)
-        self.fine_tune_config().validate("defense.fine_tune")
+        check_label(self.label, f"{where}.label")
+        if self.layer_kind not in ("auto", "conv", "linear"):
+            raise PoisonlabError(f"{where}.layer_kind must be auto, conv or linear, got {shown(self.layer_kind)}")
+        check_max_drop(self.max_drop, f"{where}.max_drop")
+        check_step(self.step, f"{where}.step")
+        low = 0 if self.name == "fine-pruning" else 1  # fine-pruning with 0 epochs: pruning alone
+        if not (is_whole(self.fine_tune_epochs) and self.fine_tune_epochs >= low):
+            raise PoisonlabError(f"{where}.fine_tune_epochs must be an integer >= {low}"
+                                 f"{' (0: prune only)' if low == 0 else ''}, got {shown(self.fine_tune_epochs)}")
+        need_int(self.fine_tune_epochs, f"{where}.fine_tune_epochs", low, MAX_EPOCHS)
+        if not (is_number(self.fine_tune_lr) and self.fine_tune_lr > 0):
+            raise PoisonlabError(f"{where}.fine_tune_lr must be a number > 0, got {shown(self.fine_tune_lr)}")
+        need_number(self.fine_tune_lr, f"{where}.fine_tune_lr", 0, MAX_LR, low_open=True)
+        need_number(self.fine_tune_momentum, f"{where}.fine_tune_momentum", 0, 1, high_open=True)
+        need_number(self.fine_tune_weight_decay, f"{where}.fine_tune_weight_decay", 0, 1)
+        need_int(self.batch_size, f"{where}.batch_size", 1, MAX_BATCH)
+        need_int(self.eval_batch_size, f"{where}.eval_batch_size", 1, MAX_BATCH)
+        if self.fine_tune_epochs >= 1:
+            self.fine_tune_config().validate(f"{where}.fine_tune")
         if model is not None:
-            layer = resolve_layer(model, self.layer)
-            activation_point(model, layer, self.mask_at)
+            kind = self.kind_for(model)
+            layer = resolve_layer(model, self.layer, kind)
+            activation_point(model, layer, self.mask_at, kind)
+
+    def kind_for(self, model: nn.Module) -> LayerKind:
+        """What is pruned in ``model``: ``layer_kind``, or for ``auto`` conv channels when the model
+        has a Conv2d, else hidden units of a Linear layer."""
+        if self.layer_kind != "auto":
+            return self.layer_kind
+        return "conv" if any(isinstance(m, nn.Conv2d) for m in model.modules()) else "linear"
 
     def fine_tune_config(self) -> TrainConfig:
         return TrainConfig(epochs=self.fine_tune_epochs, batch_size=self.batch_size, optimizer=self.fine_tune_optimizer,
@@ -132,13 +170,12 @@ class FinePruningConfig:
                            eval_batch_size=self.eval_batch_size)
 
 
-def check_label(label: str | None) -> None:
-    """One-line error unless ``label`` is null or a short name of letters, digits, ``-``, ``_``, ``.``."""
-    import re
+def check_label(label: str | None, where: str = "defense.label") -> None:
+    """One-line error unless ``label`` is null or a short name of letters, digits, ``-``, ``_``,
+    ``.`` other than ``none`` (:func:`poisonlab.defenses.registry.check_label`)."""
+    from .registry import check_label as check
 
-    if label is not None and not (isinstance(label, str) and re.fullmatch(r"[A-Za-z0-9_.-]{1,40}", label)):
-        raise PoisonlabError(f"defense.label must be 1-40 letters, digits, '-', '_' or '.', got {shown(label)} "
-                             f"(it names the table row and the curve files)")
+    check(label, where)
 
 
 def check_max_drop(max_drop: float, where: str = "defense.max_drop") -> None:
@@ -148,7 +185,7 @@ def check_max_drop(max_drop: float, where: str = "defense.max_drop") -> None:
                              f"got {shown(max_drop)}")
 
 
-def check_step(step: int | float, where: str = "defense.step") -> None:
+def check_step(step: float, where: str = "defense.step") -> None:
     """One-line error unless ``step`` is an int in 1..1000000 or a float in (0, 1]."""
     if isinstance(step, bool) or not isinstance(step, (int, float)):
         raise PoisonlabError(f"{where} must be a number of channels or a fraction, got {shown(step)}")
@@ -162,13 +199,17 @@ def check_step(step: int | float, where: str = "defense.step") -> None:
 
 @dataclass
 class DefenseOutcome:
-    """A defended copy of the model and what the defense did."""
+    """What every registered defense returns: the defended model (a torch ``nn.Module``, a copy:
+    the suspect model is never modified), the rows it removed (filters and robust training),
+    the pruning curve, the fine-tuning history and whatever else it reports (``extra``)."""
 
     model: nn.Module
     mask: ChannelMask | None = None
     curve: PruningResult | None = None
     fine_tune: TrainResult | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    removed: Any = None
+    """Boolean numpy mask of the training rows the defense removed (filters, TRIM, SEVER); else None."""
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = dict(self.curve.summary()) if self.curve else {}

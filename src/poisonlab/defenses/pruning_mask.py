@@ -30,7 +30,8 @@ activations that order the channels are measured, so "prune" and "rank" read one
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Literal
+from collections.abc import Iterable
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -269,7 +270,7 @@ class ChannelMask:
             self._handle.remove()
             self._handle = None
 
-    def __enter__(self) -> "ChannelMask":
+    def __enter__(self):  # the mask itself
         return self
 
     def __exit__(self, *_exc: object) -> None:

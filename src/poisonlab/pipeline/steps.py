@@ -17,8 +17,8 @@ from .. import __version__, report
 from ..attacks import build_attack
 from ..data import load_data
 from ..data.splits import carve_validation, limit_rows
-from ..defend import check_defenses, run_defenses
-from ..defenses import FilterContext
+from ..defend import check_defense_needs, check_defenses, run_defenses
+from ..defenses import DefenseInputs, FilterContext
 from ..errors import PoisonlabError
 from ..provenance import provenance
 from ..resources import peak_rss_mb, timed
@@ -56,6 +56,10 @@ def load(ctx: Context) -> None:
     run_stage(ctx, "after_data")
     if ctx.attack is not None:
         ctx.attack.check(ctx.train)
+    if ctx.defenses:  # a defense whose needs this experiment does not meet fails here, before any training
+        inputs = DefenseInputs(ctx.train, None, lambda ds, name: None, None, ctx.val, model=new_model(ctx, ctx.train),
+                               test=ctx.test)
+        check_defense_needs(ctx.defenses, inputs)
 
 
 def fit_reference(ctx: Context) -> None:

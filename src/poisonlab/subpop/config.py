@@ -11,13 +11,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..attacks.badnets import MAX_CLASSES
-from ..checks import (MAX_COUNT, MAX_EPOCHS, MAX_LR, MAX_ROWS, SEED_MAX, check_model_options, is_whole,
-                      need_int, need_number)
-from ..config import OutputConfig, load_validated
+from ..checks import (
+    MAX_ROWS,
+    SEED_MAX,
+    check_model_options,
+    is_whole,
+    need_int,
+    need_number,
+)
+from ..config import OutputConfig
 from ..errors import PoisonlabError, shown
-from .defended import NEEDS_VALIDATION, DefenseSpec, parse_defenses
+from .defended import ConfiguredDefense, parse_defenses
 from .learners import LearnerSpec
-
 
 MAX_TEXT_FEATURES = 100_000
 MAX_WORKERS = 1024
@@ -25,21 +30,6 @@ MAX_CLUSTERS = 100_000
 MAX_DIMS = 10_000
 MAX_LIST = 1000
 MAX_ALPHA = 100.0
-# upper bounds of the subpop defense parameters (their lower bounds and types: parse_defenses)
-_DEFENSE_INT_BOUNDS = {"max_iters": 1000, "rounds": 1000, "dims": MAX_DIMS, "curve_rows": MAX_COUNT,
-                       "curve_max_r": MAX_ROWS, "fine_tune_epochs": MAX_EPOCHS}
-_DEFENSE_NUMBER_BOUNDS = {"lam": 1e12, "fine_tune_lr": MAX_LR, "removal_factor": 100.0}
-
-
-def _check_defense_bounds(where: str, params: dict[str, Any]) -> None:
-    for key, value in params.items():
-        if value is None:
-            continue
-        if key in _DEFENSE_INT_BOUNDS:
-            hi = _DEFENSE_INT_BOUNDS[key]
-            need_int(value, f"{where}.{key}", 0 if key in ("curve_max_r", "fine_tune_epochs") else 1, hi)
-        elif key in _DEFENSE_NUMBER_BOUNDS:
-            need_number(value, f"{where}.{key}", 0, _DEFENSE_NUMBER_BOUNDS[key], low_open=True)
 
 
 @dataclass
@@ -55,6 +45,8 @@ class SubpopDataConfig:
     val_fraction: float = 0.0
     train_limit: int | None = None
     text_features: int = 2000
+    path: str | None = None  # the file or folder of a reader (image-folder, csv, parquet, npz)
+    options: dict[str, Any] = field(default_factory=dict)  # the reader's options
 
 
 @dataclass
@@ -91,9 +83,9 @@ class SubpopConfig:
     subpopulations: SubpopulationsConfig = field(default_factory=SubpopulationsConfig)
     attack: SubpopAttackConfig = field(default_factory=SubpopAttackConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
-    # ``defenses:``: [{name: trim | sever | spectral-signatures | activation-clustering | certified | fine-pruning,
-    # label?, ...}]
-    # (:mod:`poisonlab.subpop.defended`); fixed thresholds, filled with their defaults by validate()
+    # ``defenses:``: [name | {name: a registered defense (trim, sever, spectral-signatures, activation-clustering,
+    # certified, fine-pruning, ...), label?, ...its config keys}] (:mod:`poisonlab.subpop.defended`); fixed
+    # thresholds, filled with the registered defaults by validate()
     defenses: list[Any] = field(default_factory=list)
 
     def validate(self) -> None:
@@ -123,21 +115,22 @@ class SubpopConfig:
             if not ok:
                 raise PoisonlabError(message)
         self._check_bounds()
+        from ..data.user_data import check_data_config
+
+        check_data_config(d)  # a reader's path and options, without reading a file
         self.model.train.validate("model.train")
         if self.model.retrain is not None:
             self.model.retrain.validate("model.retrain")
         self.model.validate()
-        specs = parse_defenses(self.defenses)
+        specs = parse_defenses(self.defenses)  # each item by its registered config dataclass, bounds included
         for i, spec in enumerate(specs):
-            if (spec.name in NEEDS_VALIDATION or spec.params.get("rule") == "validation") and d.val_fraction == 0:
+            if "validation" in spec.needs and d.val_fraction == 0:
                 raise PoisonlabError(f"defenses[{i}] ({spec.name}) decides on a clean validation split, but "
                                      f"data.val_fraction is 0; set data.val_fraction > 0 (e.g. 0.1)")
             hidden = self.model.options.get("hidden", [256]) if isinstance(self.model.options, dict) else None
-            if spec.name == "fine-pruning" and self.model.name == "mlp" and hidden in ([], ()):
-                raise PoisonlabError(f"defenses[{i}] (fine-pruning) prunes hidden units, but the model has no hidden "
+            if spec.name in ("pruning", "fine-pruning") and self.model.name == "mlp" and hidden in ([], ()):
+                raise PoisonlabError(f"defenses[{i}] ({spec.name}) prunes hidden units, but the model has no hidden "
                                      f"layer (mlp hidden: [], logistic regression); give it one or drop the defense")
-        for i, spec in enumerate(specs):
-            _check_defense_bounds(f"defenses[{i}]", spec.params)
         self.defenses = [d.to_dict() for d in specs]
 
     def _check_bounds(self) -> None:
@@ -163,7 +156,7 @@ class SubpopConfig:
             need_int(a.label, "attack.label", 0, MAX_CLASSES, "a class index")
         check_model_options(self.model.options)
 
-    def defense_specs(self) -> list[DefenseSpec]:
+    def defense_specs(self) -> list[ConfiguredDefense]:
         """The validated ``defenses:`` list."""
         return parse_defenses(self.defenses)
 
@@ -174,4 +167,6 @@ class SubpopConfig:
 def load_subpop_config(path: str | Path | None = None, overrides: list[str] | None = None,
                        **top: Any) -> SubpopConfig:
     """Read, override (``--set``) and validate a subpopulation config."""
-    return load_validated(SubpopConfig, path, overrides, top)
+    from ..families import load_any_config
+
+    return load_any_config(path, overrides, family="subpopulation", **top)[1]

@@ -194,25 +194,33 @@ def _row(sub: Subpopulation, a_member: np.ndarray, t_member: np.ndarray, r: dict
             "attacker_size": int(a_member.sum()), **{k: v for k, v in r.items() if k != "index"}}
 
 
-def summary_rows(summary: list[dict[str, Any]]) -> list[dict[str, str]]:
-    """The paper's Table 3 shape: per alpha and k, mean target damage of the worst k and collateral."""
-    return [{"alpha": f"{s['alpha']:g}", "worst k": str(s["k"]),
-             "target damage (worst k)": f"{s['target_worst_k']:.3f}",
-             "collateral (worst k)": f"{100 * s['collateral_worst_k']:.2f}%",
-             "collateral (all)": f"{100 * s['collateral_all']:.2f}%",
-             "subpopulations": str(s["n_subpops"])} for s in summary]
+def summary_rows(summary: list[dict[str, Any]]) -> report.Table:
+    """The paper's Table 3 shape: per alpha and k, mean target damage of the worst k and collateral
+    (fractions; collateral shown as percentages)."""
+    columns = [report.Column("alpha", "g"), report.Column("worst k", "int"),
+               report.Column("target damage (worst k)", "f3"), report.Column("collateral (worst k)", "pct"),
+               report.Column("collateral (all)", "pct"), report.Column("subpopulations", "int")]
+    return report.Table([{"alpha": s["alpha"], "worst k": s["k"], "target damage (worst k)": s["target_worst_k"],
+                          "collateral (worst k)": s["collateral_worst_k"], "collateral (all)": s["collateral_all"],
+                          "subpopulations": s["n_subpops"]} for s in summary], columns)
 
 
-def fairness_rows(rows: list[dict[str, Any]], top: int = 10) -> list[dict[str, str]]:
+FAIRNESS_COLUMNS = (report.Column("subpopulation"), report.Column("test rows", "int"), report.Column("alpha", "g"),
+                    report.Column("poisons", "int"), report.Column("accuracy before", "pct"),
+                    report.Column("accuracy after", "pct"), report.Column("target damage", "f3"),
+                    report.Column("collateral", "pct"))
+
+
+def fairness_rows(rows: list[dict[str, Any]], top: int = 10) -> report.Table:
     """The subpopulations hit hardest at the largest alpha: accuracy before -> after (the paper's
     'Black women with high school: 91.4% -> 76.7%' view)."""
     alpha = max(r["alpha"] for r in rows)
     worst = sorted((r for r in rows if r["alpha"] == alpha and np.isfinite(r["target"])),
                    key=lambda r: (-r["target"], r["subpop_id"]))[:top]
-    return [{"subpopulation": r["description"], "test rows": str(r["test_size"]), "alpha": f"{alpha:g}",
-             "poisons": str(r["n_poison"]), "accuracy before": report.pct(r["subpop_accuracy_before"]),
-             "accuracy after": report.pct(r["subpop_accuracy_after"]), "target damage": f"{r['target']:.3f}",
-             "collateral": f"{100 * r['collateral']:.2f}%"} for r in worst]
+    return report.Table([{"subpopulation": r["description"], "test rows": r["test_size"], "alpha": alpha,
+                          "poisons": r["n_poison"], "accuracy before": r["subpop_accuracy_before"],
+                          "accuracy after": r["subpop_accuracy_after"], "target damage": r["target"],
+                          "collateral": r["collateral"]} for r in worst], FAIRNESS_COLUMNS)
 
 
 def _write(folder: RunFolder, cfg: SubpopConfig, resolved: dict[str, Any], metrics: dict[str, Any],
@@ -220,16 +228,15 @@ def _write(folder: RunFolder, cfg: SubpopConfig, resolved: dict[str, Any], metri
     folder.write_text("config.yaml", yaml.safe_dump(resolved, sort_keys=False))
     folder.write_json("metrics.json", metrics)
     folder.write_text("tables/subpopulations.csv", report.to_csv(rows))
-    folder.write_text("tables/summary.md", report.to_markdown(summary_rows(summary), f"{cfg.name}: worst-k target damage"))
-    folder.write_text("tables/summary.csv", report.to_csv(summary_rows(summary)))
+    report.write_table(folder, "summary", summary_rows(summary), title=f"{cfg.name}: worst-k target damage")
     if metrics["defenses"]:
         drows = defense_rows(metrics["defenses"])
         title = f"{cfg.name}: defenses (damage against the same clean model A(D))"
         folder.write_text("tables/defenses.md", report.to_markdown(drows, title))
         folder.write_text("tables/defenses.csv", report.to_csv(drows))
     if metrics.get("certified"):
-        folder.write_text("tables/certified.csv", report.to_csv(certified_rows(metrics["certified"])))
-    folder.write_text("tables/hardest_hit.md", report.to_markdown(fairness_rows(rows), f"{cfg.name}: hardest-hit subpopulations"))
+        report.write_table(folder, "certified", certified_rows(metrics["certified"]), markdown=False)
+    report.write_table(folder, "hardest_hit", fairness_rows(rows), title=f"{cfg.name}: hardest-hit subpopulations")
     if cfg.output.save_weights:
         save_weights(clean, folder.file("weights", "clean.safetensors"))
     if cfg.output.plots:
@@ -238,12 +245,17 @@ def _write(folder: RunFolder, cfg: SubpopConfig, resolved: dict[str, Any], metri
             plot_certified(folder.file("plots", "certified.png"), metrics["certified"])
 
 
-def certified_rows(certified: dict[str, dict[str, Any]]) -> list[dict[str, str]]:
+CERTIFIED_COLUMNS = (report.Column("defense"), report.Column("q", "g"), report.Column("lam", "g"),
+                     report.Column("test rows", "int"), report.Column("flips r", "int"),
+                     report.Column("certified accuracy", "f4"))
+
+
+def certified_rows(certified: dict[str, dict[str, Any]]) -> report.Table:
     """The certified defenses' clean-D curves (Rosenfeld et al. 2020): one row per defense and
     number of flipped training labels r."""
-    return [{"defense": label, "q": f"{c['q']:g}", "lam": f"{c['lam']:g}", "test rows": str(c["rows"]),
-             "flips r": str(r), "certified accuracy": f"{acc:.4f}"}
-            for label, c in certified.items() for r, acc in c["curve"]]
+    return report.Table([{"defense": label, "q": c["q"], "lam": c["lam"], "test rows": c["rows"], "flips r": r,
+                          "certified accuracy": acc} for label, c in certified.items() for r, acc in c["curve"]],
+                        CERTIFIED_COLUMNS)
 
 
 def plot_certified(path: Any, certified: dict[str, dict[str, Any]]) -> None:

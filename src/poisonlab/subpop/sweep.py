@@ -11,15 +11,17 @@ and handed to the workers by ``fork`` (copy-on-write, nothing pickled per task);
 seeds its own poison draw and training from (seed, subpopulation index, alpha index), so a
 parallel sweep returns exactly the serial sweep's numbers, in the same order.
 
-With ``defenses`` (:mod:`poisonlab.subpop.defended`), each task also runs every defense on
-D ∪ D_p, retrains on the rows it keeps and adds ``"{label}:target"``, ``":collateral"``,
-``":clean_accuracy"``, ``":poisons_removed"`` and ``":clean_removed"`` to its result, measured
-against the same clean predictions A(D) (removed shares NaN for the defenses that drop no
-row). ``certified`` also adds ``":certified_accuracy"`` (subpopulation test rows right and
-certified at r = n_poison flipped labels) and ``":target_vs_smoothed_clean"``;
-``fine-pruning`` adds ``":units_pruned"``. Defenses are deterministic given the task's seed
-and their thresholds are fixed parameters (no test row is read to choose them; fine-pruning
-reads the clean validation split ``val``).
+With ``defenses`` (registered defenses, :mod:`poisonlab.subpop.defended`), each task also runs
+every defense the way the BadNets experiment does, ``spec.run(cfg, ctx)`` with the task's
+:class:`~poisonlab.defenses.registry.DefenseInputs` (:func:`task_inputs`), and adds
+``"{label}:target"``, ``":collateral"``, ``":clean_accuracy"``, ``":poisons_removed"`` and
+``":clean_removed"`` to its result, measured against the same clean predictions A(D)
+(removed shares NaN for the defenses that drop no row). ``certified`` also adds
+``":certified_accuracy"`` (subpopulation test rows right and certified at r = n_poison flipped
+labels) and ``":target_vs_smoothed_clean"``; a pruning defense adds ``":units_pruned"``.
+The needs of every defense are checked before the first task (:func:`check_defense_needs`).
+Defenses are deterministic given the task's seed and their thresholds are fixed parameters
+(no test row is read to choose them; fine-pruning reads the clean validation split ``val``).
 """
 from __future__ import annotations
 
@@ -38,9 +40,15 @@ from torch import nn
 
 from .. import progress
 from ..data.base import Dataset
+from ..defenses.registry import (
+    ConfiguredDefense,
+    DefenseInputs,
+    check_needs,
+    offered_by,
+)
+from ..defenses.robust_defenses import SmoothedRidgeClassifier, fit_smoothed_ridge
 from ..errors import PoisonlabError
-from .defended import DefenseSpec, apply_defense, fine_prune_victim, smoothed_ridge
-from .learners import LearnerSpec, fit_victim, predictions
+from .learners import LearnerSpec, build, fit_victim, predictions
 from .metrics import accuracy_on, collateral, target_damage
 from .poisons import label_flip_poisons
 
@@ -60,7 +68,7 @@ class SweepInputs:
     labels: list[int]            # per subpopulation: the poison label
     alphas: list[float]
     seed: int
-    defenses: list[DefenseSpec] = field(default_factory=list)  # run in every task after the undefended fit
+    defenses: list[ConfiguredDefense] = field(default_factory=list)  # run in every task after the undefended fit
     val: Dataset | None = None   # the clean validation split carved from D (fine-pruning and the validation rules decide on it)
     # per certified defense label: the smoothed classifier trained on clean D, on the test set (run_sweep fills it)
     smoothed_clean: dict[str, np.ndarray] = field(default_factory=dict)
@@ -83,30 +91,29 @@ def run_task(i: int, j: int) -> dict[str, Any]:
     y = s.test.y.numpy()
     member = s.test_members[i]
     out: dict[str, Any] = {
-        "index": i, "alpha": s.alphas[j], "n_poison": int(len(y_p)), "label": s.labels[i],
+        "index": i, "alpha": s.alphas[j], "n_poison": len(y_p), "label": s.labels[i],
         "target": target_damage(s.clean_pred, pred, y, member),
         "collateral": collateral(s.clean_pred, pred, y, member),
         "subpop_accuracy_before": accuracy_on(s.clean_pred, y, member),
         "subpop_accuracy_after": accuracy_on(pred, y, member),
         "clean_accuracy_after": float((pred == y).mean())}
     n_clean = len(s.victim)
+    if s.defenses:
+        mask = torch.zeros(len(poisoned), dtype=torch.bool)
+        mask[n_clean:] = True
+        ctx = task_inputs(s, poisoned, mask, model)
     for d in s.defenses:
+        outcome = d.run(ctx)
+        defended, remove = outcome.model, outcome.removed
+        pred_d = _predict(defended, s.test.x)
         extra: dict[str, Any] = {}
-        remove: np.ndarray | None = None
-        if d.name == "certified":
-            ridge = smoothed_ridge(d, poisoned)
-            pred_d = ridge.predict(_flat(s.test.x))
-            labels, certified = ridge.certify(_flat(s.test.x[torch.from_numpy(member)]), len(y_p))
+        if isinstance(defended, SmoothedRidgeClassifier):  # the certified defense's own report
+            labels, certified = defended.ridge.certify(_flat(s.test.x[torch.from_numpy(member)]), len(y_p))
             extra = {"certified_accuracy": float(np.mean((labels == y[member]) & certified)) if member.any()
                      else float("nan"),
                      "target_vs_smoothed_clean": target_damage(s.smoothed_clean[d.label], pred_d, y, member)}
-        elif d.name == "fine-pruning":
-            defended, pruned = fine_prune_victim(d, model, s.val, s.seed)
-            pred_d = predictions(defended, s.test.x)
-            extra = {"units_pruned": pruned}
-        else:
-            remove, defended = apply_defense(d, s.spec, s.pretrained, poisoned, model, s.seed, s.val)
-            pred_d = predictions(defended, s.test.x)
+        if outcome.curve is not None:  # pruning: the hidden units pruned
+            extra["units_pruned"] = outcome.curve.n_pruned
         nan = float("nan")
         out.update({f"{d.label}:target": target_damage(s.clean_pred, pred_d, y, member),
                     f"{d.label}:collateral": collateral(s.clean_pred, pred_d, y, member),
@@ -119,9 +126,42 @@ def run_task(i: int, j: int) -> dict[str, Any]:
     return out
 
 
+def task_inputs(s: SweepInputs, poisoned: Dataset, poison_mask: torch.Tensor, model: nn.Module) -> DefenseInputs:
+    """What every defense gets in a task: the undefended victim, D ∪ D_p and its poison rows,
+    the task's learner on a row subset as ``retrain``, the clean validation split. No test
+    data: the sweep measures the defended model itself."""
+    def retrain(data: Dataset, name: str) -> nn.Module:
+        return fit_victim(s.spec, s.pretrained, data, s.seed)
+
+    return DefenseInputs(poisoned, poison_mask, retrain, None, s.val, model=model, seed=s.seed, device="cpu")
+
+
+def _predict(model: nn.Module, x: torch.Tensor) -> np.ndarray:
+    """Predicted classes; the smoothed ridge predicts all rows at once (its own float64 scores)."""
+    if isinstance(model, SmoothedRidgeClassifier):
+        return model.predict_rows(x)
+    return predictions(model, x)
+
+
 def _flat(x: torch.Tensor) -> np.ndarray:
     """Rows of ``x`` flattened to float64 features (the certified defense's input)."""
     return x.reshape(len(x), -1).double().numpy()
+
+
+def check_defense_needs(inputs: SweepInputs) -> None:
+    """One-line error naming the first defense whose needs the sweep does not offer (before any task)."""
+    if not inputs.defenses:
+        return
+    state = torch.get_rng_state(), np.random.get_state()
+    try:  # an untrained learner of the task's kind (its seeding must not move the tasks' draws)
+        model = build(inputs.spec, inputs.victim, inputs.seed)
+    finally:
+        torch.set_rng_state(state[0])
+        np.random.set_state(state[1])
+    ctx = DefenseInputs(inputs.victim, None, lambda data, name: model, None, inputs.val, model=model)
+    offered = offered_by(ctx)
+    for d in inputs.defenses:
+        check_needs(d.spec, offered, d.cfg, d.label)
 
 
 def _with_references(inputs: SweepInputs) -> SweepInputs:
@@ -131,7 +171,7 @@ def _with_references(inputs: SweepInputs) -> SweepInputs:
         return inputs
     refs = dict(inputs.smoothed_clean)
     for d in missing:
-        refs[d.label] = smoothed_ridge(d, inputs.victim).predict(_flat(inputs.test.x))
+        refs[d.label] = fit_smoothed_ridge(d.cfg, inputs.victim).predict(_flat(inputs.test.x))
     return dataclasses.replace(inputs, smoothed_clean=refs)
 
 
@@ -152,6 +192,7 @@ def run_sweep(inputs: SweepInputs, workers: int = 1) -> list[dict[str, Any]]:
     tasks = [(i, j) for i in range(len(inputs.labels)) for j in range(len(inputs.alphas))]
     if not tasks:
         raise PoisonlabError("no subpopulation to attack: widen the size bounds or lower min_test")
+    check_defense_needs(inputs)
     _SHARED = _with_references(inputs)
     results: dict[tuple[int, int], dict[str, Any]] = {}
     try:
