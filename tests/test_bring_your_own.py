@@ -160,3 +160,17 @@ def test_bad_data_is_one_line(tmp_path):
         path.write_text(yaml.safe_dump({"data": data, "model": {"name": "mlp"}, "attack": BADNETS,
                                         "output": {"dir": str(tmp_path / "r")}}))
         assert_one_line_error(run_cli(["run", str(path)]), needle)
+
+
+def test_a_defense_whose_needs_are_not_met_is_one_line_before_training(tmp_path):
+    csv = _table(tmp_path / "people.csv")
+    path = tmp_path / "strip.yaml"
+    path.write_text(yaml.safe_dump({"data": {"name": "csv", "path": str(csv), "options": {"label": "label"}},
+                                    "model": {"name": "random-forest"}, "train": TRAIN,
+                                    "attack": {**BADNETS, "trigger": {"kind": "single-pixel"}},
+                                    "defenses": [{"name": "strip"}], "output": {"dir": str(tmp_path / "r")}}))
+    line = assert_one_line_error(run_cli(["run", str(path)]), "defense 'strip' needs image inputs",
+                                 "tabular (shape (7,))")
+    assert "fine-pruning" not in line
+    path.write_text(path.read_text().replace("name: strip", "name: fine-pruning"))
+    assert_one_line_error(run_cli(["run", str(path)]), "fine-pruning", "torch")

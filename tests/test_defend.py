@@ -27,7 +27,8 @@ def test_defenses_table_and_curves(tmp_path):
     assert d["pruning"]["n_pruned"] == d["fine-pruning"]["n_pruned"]
     rows = list(csv.DictReader((out.path / "tables" / "defenses.csv").open()))
     assert [r["defense"] for r in rows] == ["none", "pruning", "fine-pruning"]
-    assert rows[1]["channels pruned"] == f"{100 * d['pruning']['fraction_pruned']:.2f}%"
+    assert float(rows[1]["channels pruned"]) == d["pruning"]["fraction_pruned"]
+    assert float(rows[1]["accuracy drop"]) == pytest.approx(d["pruning"]["clean_accuracy_drop"])
 
 
 @pytest.mark.parametrize("defenses,message", [
@@ -91,4 +92,5 @@ def test_filtering_defenses_remove_rows_and_retrain(tmp_path):
     flagged = [c for c in ac["per_class"].values() if c["flagged"]]
     assert sum(c["sizes"][1] for c in flagged) == ac["n_removed"] and all(c["relative_size"] <= 0.35 for c in flagged)
     rows = list(csv.DictReader((out.path / "tables" / "defenses.csv").open()))
-    assert rows[1]["poisons removed"] == f"{100 * d['recall']:.2f}%" and rows[1]["channels pruned"] == "–"
+    assert float(rows[1]["poisons removed"]) == d["recall"] and rows[1]["channels pruned"] == ""
+    assert f"| {100 * d['recall']:.2f}% |" in (out.path / "tables" / "defenses.md").read_text()

@@ -118,7 +118,7 @@ def test_trim_and_sever_remove_the_planted_rows_of_a_badnets_like_image_experime
         trim["fits"] - 1)
     assert out.metrics["sever"]["removed_per_round"] == [N_POISON] and CALLS[trim["fits"]:] == [n, n - N_POISON]
     assert [r["defense"] for r in out.rows] == ["none", "trim", "sever"]
-    assert out.rows[1]["poisons removed"] == "100.00%" and out.rows[1]["channels pruned"] == "–"
+    assert out.rows[1]["poisons removed"] == 1.0 and out.rows[1]["channels pruned"] is None
 
 
 def test_certified_gives_the_smoothed_ridge_as_a_model(experiment):

@@ -247,9 +247,10 @@ def test_digits_run_writes_both_detector_rows(tmp_path, one_thread):
     assert len(nc["anomaly_index"]) == 10 and "target_flagged" in nc and "clean_accuracy" in nc
     rows = list(csv.DictReader((out.path / "tables" / "defenses.csv").open()))
     assert [r["defense"] for r in rows] == ["none", "strip", "neural-cleanse"]
-    assert rows[1]["inputs rejected (clean / triggered)"] == \
-        f"{100 * s['clean_rejected_rate']:.2f}% / {100 * s['triggered_rejected_rate']:.2f}%"
-    assert rows[1]["channels pruned"] == rows[2]["channels pruned"] == "–"
-    assert rows[2]["inputs rejected (clean / triggered)"] == "–"
+    assert float(rows[1]["clean rejected"]) == s["clean_rejected_rate"]  # plain numbers for programs
+    assert float(rows[1]["triggered rejected"]) == s["triggered_rejected_rate"]
+    assert rows[1]["channels pruned"] == rows[2]["channels pruned"] == rows[2]["clean rejected"] == ""
+    md = (out.path / "tables" / "defenses.md").read_text()  # and formatted for people
+    assert f"{100 * s['clean_rejected_rate']:.2f}% / {100 * s['triggered_rejected_rate']:.2f}%" in md
     summary = cell_summary(out.metrics, ["strip", "neural-cleanse"])  # what a matrix grid reads
     assert summary["strip"]["attack_success_rate"] == s["attack_success_rate"]

@@ -1,4 +1,5 @@
 """End to end on the embedded digits data: the attack works, runs are reproducible, folders complete."""
+import math
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,9 @@ def test_digits_badnets_example_succeeds(tmp_path):
     assert m["time"]["total_seconds"] > 0 and m["peak_memory_mb"]["rss"] > 0
     rows = list_runs(tmp_path)
     assert rows[0]["id"] == out.run_id and rows[0]["seed"] == 0 and rows[0]["config_hash"] == m["config_hash"]
-    assert out.table[-1]["class"] == "average" and out.table[0]["BadNet backdoor error"] == "–"
+    assert out.table[-1]["class"] == "average" and out.table.formatted()[0]["BadNet backdoor error"] == "–"
+    assert math.isnan(out.table[0]["BadNet backdoor error"])  # the raw rate: class 0 is the target
+    assert out.table[1]["BadNet clean error"] == m["victim"]["per_class_clean_error"][1]
 
 
 def _stable(metrics):

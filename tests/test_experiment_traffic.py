@@ -57,7 +57,11 @@ def test_traffic_groups_agree_with_the_attack_metrics(run):
     assert g["badnet_clean"]["average"] == out.metrics["victim"]["clean_accuracy"]
     rows = list(csv.DictReader((out.path / "tables" / "traffic_groups.csv").open()))
     assert [r["group"] for r in rows] == ["stop", "speed limit", "warning", "other", "average"]
-    assert rows[0]["square backdoor"] == f"{100 * g['badnet_backdoor']['stop']:.2f}%"
+    assert float(rows[0]["square backdoor"]) == g["badnet_backdoor"]["stop"]  # plain numbers, full precision
+    for r, key in zip(rows, ["stop", "speed limit", "warning", "other", "average"]):
+        assert float(r["baseline clean"]) == g["baseline_clean"][key] and float(r["square clean"]) == g["badnet_clean"][key]
+    md = (out.path / "tables" / "traffic_groups.md").read_text()
+    assert f"| stop | {100 * g['baseline_clean']['stop']:.2f}% |" in md
     for plot in ("traffic_groups", "backdoor_neurons", "transfer", "pruning_curve_pruning_pruning_aware_badnet"):
         assert (out.path / "plots" / f"{plot}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -108,7 +112,10 @@ def test_transfer_students_on_the_swedish_task(run):
     rows = list(csv.DictReader((out.path / "tables" / "transfer.csv").open()))
     assert [r["class"] for r in rows] == SWEDISH_GROUPS + ["average (all test images)"]
     s = t["students"][1]
-    assert rows[-1]["BadNet teacher: backdoor"] == f"{100 * s['backdoor_accuracy']:.2f}%"
+    assert float(rows[-1]["BadNet teacher: backdoor"]) == s["backdoor_accuracy"]  # plain numbers, full precision
+    assert [float(r["BadNet teacher: clean"]) for r in rows[:-1]] == s["per_class_clean"]
+    md = (out.path / "tables" / "transfer.md").read_text()
+    assert f"| {100 * s['backdoor_accuracy']:.2f}% |" in md.splitlines()[-1]
 
 
 def test_traffic_table_command_combines_runs(run, tmp_path, capsys):

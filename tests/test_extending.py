@@ -1,10 +1,13 @@
 """Extending poisonlab from a test file alone (issue 11): a toy attack family with its own
-measure, and a toy learner, each registered here in a few lines and run through
-``poisonlab run`` and ``poisonlab matrix`` with no core file edited."""
+measure, a toy defense and a toy learner, each registered here in a few lines and run through
+``poisonlab run``, a defense and ``poisonlab matrix`` with no core file edited."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 import torch
 import yaml
@@ -13,6 +16,7 @@ from torch import nn
 from poisonlab.attacks import ATTACKS, PoisonResult
 from poisonlab.cli import main
 from poisonlab.data.base import Dataset
+from poisonlab.defenses import DEFENSES, DefenseOutcome, DefenseSpec
 from poisonlab.families import FAMILIES
 from poisonlab.families.step_family import StepFamily
 from poisonlab.measures import MEASURES
@@ -76,6 +80,26 @@ class Flat(nn.Module):
 MODELS.register("toy-flat")(ModelSpec("toy-flat", "a linear layer (test)",
                                       lambda shape, c, opts: Flat(int(torch.tensor(shape).prod()), c)))
 
+# -- a toy defense: drop the newest training rows, retrain the victim's learner (17 lines)
+@dataclass
+class DropNewest:
+    name: str = "drop-newest"
+    label: str | None = None
+    rows: int = 10
+
+    def validate(self, where: str = "defense") -> None: ...
+
+
+def drop_newest(cfg: DropNewest, ctx) -> DefenseOutcome:
+    removed = np.zeros(len(ctx.train), dtype=bool)
+    removed[len(ctx.train) - cfg.rows:] = True
+    model = ctx.retrain(ctx.train.subset(np.flatnonzero(~removed)), cfg.name)
+    return DefenseOutcome(model, removed=removed, extra={"n_removed": int(removed.sum())})
+
+
+DEFENSES.register("drop-newest")(DefenseSpec("drop-newest", "drop the newest rows (test)", DropNewest, drop_newest,
+                                             kind="filter", needs=frozenset({"retrain"})))
+
 BASE = {"device": "cpu", "data": {"name": "digits", "val_fraction": 0.1, "train_limit": 300},
         "model": {"name": "toy-flat"}, "train": {"epochs": 2, "batch_size": 64, "lr": 0.01},
         "analysis": {"backdoor_neurons": False}}
@@ -96,6 +120,7 @@ def _cli(argv: list[str]) -> None:
 def test_toy_family_and_learner_run_and_grid(tmp_path, capsys):
     out = tmp_path / "runs"
     cfg = _write(tmp_path / "toy.yaml", {**BASE, "name": "toy", "attack": {"name": "toy-flip", "rows": 40},
+                                          "defenses": [{"name": "drop-newest", "rows": 40}],
                                           "output": {"dir": str(out), "plots": False}})
     _cli(["run", str(cfg), "-q"])
     (run,) = [p for p in out.iterdir() if not p.name.startswith((".", "index"))]
@@ -103,12 +128,14 @@ def test_toy_family_and_learner_run_and_grid(tmp_path, capsys):
     assert m["family"] == "toy" and m["attack"] == {"name": "toy-flip", "rows": 40, "n_poison": 40,
                                                     "train_size_poisoned": m["data"]["train"] + 40}
     assert 0 <= m["victim"]["test_error"] <= 1 and "attack_success_rate" not in m["victim"]
+    dropped = m["defenses"]["drop-newest"]
+    assert dropped["n_removed"] == 40 and dropped["detection"]["recall"] == 1.0  # exactly the 40 poison rows
     grid = {"name": "toy-grid", "kind": "toy", "base": BASE, "attacks": {"few": {"name": "toy-flip", "rows": 5},
                                                                        "many": {"name": "toy-flip", "rows": 80}},
-            "seeds": [0, 1], "output": {"dir": str(out)}}
+            "defenses": [{"name": "drop-newest", "rows": 5}], "seeds": [0, 1], "output": {"dir": str(out)}}
     _cli(["matrix", _write(tmp_path / "grid.yaml", grid).as_posix(), "-q"])
     text = capsys.readouterr()
-    assert "test error % (mean ± std)" in text.out and "cell 4/4 (many, seed 1): computed" in text.out + text.err
+    assert "test error % (mean ± std)" in text.out and "drop-newest" in text.out and "cell 4/4 (many, seed 1): computed" in text.out + text.err
     _cli(["matrix", str(tmp_path / "grid.yaml"), "-q"])
     assert "cells: 0 computed, 4 reused" in capsys.readouterr().out
 

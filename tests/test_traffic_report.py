@@ -138,7 +138,8 @@ BACKDOOR = {"stop": 0.9, "speed limit": 0.123456, "warning": 1, "other": 0.5, "a
 
 
 def test_traffic_table_strings():
-    rows = traffic_table(BASE, {"yellow square": (CLEAN, BACKDOOR), "bomb": (BACKDOOR, CLEAN)})
+    table = traffic_table(BASE, {"yellow square": (CLEAN, BACKDOOR), "bomb": (BACKDOOR, CLEAN)})
+    rows = table.formatted()
     assert [r["group"] for r in rows] == ["stop", "speed limit", "warning", "other", "average"]
     assert list(rows[0]) == ["group", "baseline clean", "yellow square clean", "yellow square backdoor",
                              "bomb clean", "bomb backdoor"]
@@ -149,22 +150,29 @@ def test_traffic_table_strings():
     assert rows[3]["baseline clean"] == "–"
     assert rows[4] == {"group": "average", "baseline clean": "62.50%", "yellow square clean": "60.00%",
                        "yellow square backdoor": "75.00%", "bomb clean": "75.00%", "bomb backdoor": "60.00%"}
+    # the rows themselves hold the scores (what the CSV writes)
+    assert table[1] == {"group": "speed limit", "baseline clean": 0.25, "yellow square clean": 0.875,
+                        "yellow square backdoor": 0.123456, "bomb clean": 0.123456, "bomb backdoor": 0.875}
+    assert math.isnan(table[3]["baseline clean"])
 
 
 def test_traffic_table_from_scores():
     y = T([14, 14, 14, 1, 1, 6, 25, 0])
     pred = T([1, 14, 1, 1, 2, 6, 1, 0])
-    rows = traffic_table(grouped_accuracy(y, y), {"flower": (grouped_accuracy(pred, y),
-                                                             grouped_backdoor(pred, y, 14, 1))})
+    table = traffic_table(grouped_accuracy(y, y), {"flower": (grouped_accuracy(pred, y),
+                                                              grouped_backdoor(pred, y, 14, 1))})
+    rows = table.formatted()
     assert rows[0] == {"group": "stop", "baseline clean": "100.00%", "flower clean": "33.33%",
                        "flower backdoor": "66.67%"}
     assert rows[-1] == {"group": "average", "baseline clean": "100.00%", "flower clean": "50.00%",
                         "flower backdoor": "62.50%"}
+    assert table[0]["flower clean"] == pytest.approx(1 / 3) and table[-1]["flower backdoor"] == 5 / 8
 
 
 def test_traffic_table_baseline_only():
     rows = traffic_table(BASE, {})
-    assert rows[0] == {"group": "stop", "baseline clean": "50.00%"}
+    assert rows.formatted()[0] == {"group": "stop", "baseline clean": "50.00%"}
+    assert rows[0] == {"group": "stop", "baseline clean": 0.5}
 
 
 @pytest.mark.parametrize("base,badnets,match", [

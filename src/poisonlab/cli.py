@@ -282,8 +282,7 @@ def matrix(
     g = load_grid(grid, data_dir=data_dir, output_dir=output, workers=workers, overrides=list(set_))
     if quiet:
         progress.set_enabled(False)
-    outcome = run_matrix(g, echo=lambda line: typer.echo(line, err=not sys.stdout.isatty()) or sys.stderr.flush(),
-                         executor=run_with)
+    outcome = run_matrix(g, echo=lambda line: typer.echo(line) or sys.stdout.flush(), executor=run_with)
     print_matrix(outcome.table, f"{g.name}: attack x defense over {len(g.seeds)} seed(s)")
     for note in outcome.notes:
         typer.echo(note)

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -33,6 +34,7 @@ from .defenses import (
     offered_by,
     plot_pruning_curve,
 )
+from .defenses.filter_defenses import removal_report
 from .errors import PoisonlabError
 from .resources import peak_rss_mb
 from .store import RunFolder
@@ -113,7 +115,10 @@ def run_defenses(defenses: list[tuple[str, Any]], model: nn.Module, val: Dataset
         outcome = spec.run(cfg, inputs)
         seconds = time.perf_counter() - start
         measured = evaluate(outcome.model, name)
-        entry = {**measured, "defense_seconds": seconds, "peak_rss_mb": peak_rss_mb(), **outcome.summary()}
+        reported = outcome.summary()
+        if outcome.removed is not None and "detection" not in reported:  # any filter gets the detection report
+            reported = {**removal_report(np.asarray(outcome.removed, dtype=bool), inputs), **reported}
+        entry = {**measured, "defense_seconds": seconds, "peak_rss_mb": peak_rss_mb(), **reported}
         entry["clean_accuracy_drop"] = undefended["clean_accuracy"] - measured["clean_accuracy"]
         result.metrics[name] = entry
         # the Fine-Pruning family reports the share pruned (0 for fine-tuning); others prune nothing ("–")
@@ -126,15 +131,33 @@ def run_defenses(defenses: list[tuple[str, Any]], model: nn.Module, val: Dataset
     return result
 
 
-def _row(attack: str, name: str, m: dict[str, Any], undefended: dict[str, Any], pruned: float | None) -> dict[str, str]:
-    drop = undefended["clean_accuracy"] - m["clean_accuracy"]
-    return {"attack": attack, "defense": name, "clean accuracy": report.pct(m["clean_accuracy"]),
-            "attack success": report.pct(m.get("attack_success_rate")),
-            "channels pruned": "–" if pruned is None else report.pct(pruned),
-            "accuracy drop": f"{100 * drop:+.2f} pt" if name != "none" else "–",
-            "poisons removed": report.pct(m["detection"]["recall"]) if "detection" in m else "–",
-            "clean target rows removed": report.pct(m.get("target_class_clean_removed")) if "detection" in m else "–",
-            "inputs rejected (clean / triggered)": f"{report.pct(m['clean_rejected_rate'])} / "
-            f"{report.pct(m.get('triggered_rejected_rate'))}" if "clean_rejected_rate" in m else "–",
-            "seconds": f"{m.get('defense_seconds', 0.0):.1f}" if name != "none" else "–",
-            "peak MiB": f"{m['peak_rss_mb']:.0f}" if "peak_rss_mb" in m else "–"}
+def _rejected(value: Any, row: dict[str, Any]) -> str:
+    return f"{report.pct(row.get('clean rejected'))} / {report.pct(row.get('triggered rejected'))}"
+
+
+COLUMNS = [report.Column("attack"), report.Column("defense"), report.Column("clean accuracy", "pct"),
+           report.Column("attack success", "pct"), report.Column("channels pruned", "pct"),
+           report.Column("accuracy drop", "pt"), report.Column("poisons removed", "pct"),
+           report.Column("clean target rows removed", "pct"),
+           report.Column("inputs rejected (clean / triggered)", _rejected, csv=False),
+           report.Column("clean rejected", "pct", show=False), report.Column("triggered rejected", "pct", show=False),
+           report.Column("seconds", "f1"), report.Column("peak MiB", "f0")]
+"""The attack x defense table: shares as fractions in the CSV, percentages in markdown."""
+
+
+def defense_table(rows: list[dict[str, Any]]) -> report.Table:
+    """Rows of :func:`run_defenses` as a table written twice (markdown for people, numbers in the CSV)."""
+    return report.Table(rows, COLUMNS)
+
+
+def _row(attack: str, name: str, m: dict[str, Any], undefended: dict[str, Any], pruned: float | None) -> dict[str, Any]:
+    defended = name != "none"
+    rejects = "clean_rejected_rate" in m
+    return {"attack": attack, "defense": name, "clean accuracy": m["clean_accuracy"],
+            "attack success": m.get("attack_success_rate"), "channels pruned": pruned,
+            "accuracy drop": undefended["clean_accuracy"] - m["clean_accuracy"] if defended else None,
+            "poisons removed": m["detection"]["recall"] if "detection" in m else None,
+            "clean target rows removed": m.get("target_class_clean_removed") if "detection" in m else None,
+            "inputs rejected (clean / triggered)": True if rejects else None,
+            "clean rejected": m.get("clean_rejected_rate"), "triggered rejected": m.get("triggered_rejected_rate"),
+            "seconds": m.get("defense_seconds", 0.0) if defended else None, "peak MiB": m.get("peak_rss_mb")}

@@ -92,15 +92,21 @@ def traffic_groups(metrics: dict[str, Any], run: Path) -> tuple[str, dict[str, f
 
 
 # -- poisonlab runs -----------------------------------------------------------------------
-RUN_COLUMNS: tuple[tuple[str, int, bool], ...] = (
-    # (header, rank: 0 always shown, else kept in this order on a narrow terminal; wraps)
-    ("id", 0, False), ("date", 9, False), ("name", 0, True), ("data", 7, True), ("model", 8, True),
-    ("attack", 0, True), ("seed", 6, False), ("clean acc", 4, False), ("victim acc", 3, False),
-    ("attack success", 1, False), ("result", 2, True), ("s", 5, False),
+RUN_COLUMNS: tuple[tuple[str, int], ...] = (
+    # (header, rank): rank 0 is always shown; on a narrow terminal the headline columns (1, 2)
+    # next, then the others in rank order while they fit
+    ("id", 0), ("date", 9), ("name", 0), ("data", 7), ("model", 8), ("attack", 0), ("seed", 6),
+    ("baseline acc", 4), ("victim acc", 3), ("attack success", 1), ("result", 2), ("s", 5),
 )
-"""The columns of ``poisonlab runs``: clean acc is the clean baseline's (step families) or the
+"""The columns of ``poisonlab runs``: baseline acc is the clean baseline's (step families) or the
 clean model's (subpopulation sweeps); victim acc and attack success the victim's; result a
-family's own headline (a sweep's worst-k target damage, a matrix's cells)."""
+family's own headline (a sweep's worst-k target damage at its largest alpha, a matrix's cells)."""
+
+HEADLINE = "headline"
+"""On a narrow terminal listing runs of several families: attack success and result in one column."""
+
+GAP = 3
+"""Characters between two columns of the compact runs table (padding, space, padding)."""
 
 _WORST = re.compile(r"worst(\d+)_target_alpha(.+)")
 
@@ -111,13 +117,14 @@ def _pct(v: float | None) -> str:
     return pct(v)
 
 
-def _result(row: dict[str, Any], root: str | Path) -> str:
-    """A family's headline: a matrix's cells, a sweep's worst-k target damage at its largest alpha."""
+def _result(row: dict[str, Any], root: str | Path) -> tuple[str, str]:
+    """A family's headline, long and short: a matrix's cells, a sweep's worst-k target damage
+    at its largest alpha (k = 5 where the summary has it, else its smallest k)."""
     s = row["summary"]
     if "cells" in s:
         cells, reused = (summary_number(row, k, root) for k in ("cells", "reused"))
-        return f"{cells or 0:.0f} cells, {reused or 0:.0f} reused"
-    worst = []  # (alpha, k is 5, -k, k, value): the largest alpha, then k = 5, else the smallest k
+        return f"{cells or 0:.0f} cells, {reused or 0:.0f} reused", f"{cells or 0:.0f} cells"
+    worst = []  # (alpha, k is 5, -k, k, value)
     for key in s:
         m = _WORST.fullmatch(key)
         value = summary_number(row, key, root) if m else None
@@ -128,15 +135,16 @@ def _result(row: dict[str, Any], root: str | Path) -> str:
                 continue
             worst.append((alpha, k == 5, -k, k, value))
     if not worst:
-        return "–"
+        return "–", "–"
     alpha, _, _, k, value = max(worst)
-    return f"worst-{k} damage {value:.3f} (α {alpha:g})"
+    return f"worst-{k} damage {value:.3f} (α {alpha:g})", f"damage {value:.3f}"
 
 
 def run_cells(row: dict[str, Any], root: str | Path) -> dict[str, str]:
-    """One index row as the text of each :data:`RUN_COLUMNS` column; a summary value of the wrong
-    type is a one-line :class:`StoreDamage`. Runs of every family: step families (victim metrics
-    under ``victim``, older runs ``badnet``), subpopulation sweeps and matrices."""
+    """One index row as the text of each :data:`RUN_COLUMNS` column (and :data:`HEADLINE`); a
+    summary value of the wrong type is a one-line :class:`StoreDamage`. Runs of every family:
+    step families (victim metrics under ``victim``, older runs ``badnet``), subpopulation sweeps
+    and matrices."""
     def first(*keys: str) -> float | None:
         for k in keys:
             v = summary_number(row, k, root)
@@ -144,45 +152,75 @@ def run_cells(row: dict[str, Any], root: str | Path) -> dict[str, str]:
                 return v
         return None
 
-    seconds = first("seconds")
+    seconds, success = first("seconds"), first("attack_success")
     texts = {"id": row["id"], "date": row.get("created"), "name": row.get("name"), "data": row.get("dataset"),
              "model": row.get("model"), "attack": row.get("attack"), "seed": row.get("seed")}
     out = {k: "–" if v is None else one_line(str(v), 80) for k, v in texts.items()}
-    out.update({"clean acc": _pct(first("baseline_clean_acc", "clean_acc")),
+    result, short = _result(row, root)
+    out.update({"baseline acc": _pct(first("baseline_clean_acc", "clean_acc")),
                 "victim acc": _pct(first("victim_clean_acc", "badnet_clean_acc")),
-                "attack success": _pct(first("attack_success")), "result": _result(row, root),
+                "attack success": _pct(success), "result": result,
+                HEADLINE: short if success is None else f"success {_pct(success)}",
                 "s": "–" if seconds is None else f"{seconds:.0f}"})
     return out
 
 
-def _width(text: str, wraps: bool) -> int:
+def _longest_word(text: str) -> int:
     from rich.cells import cell_len
 
-    return max((cell_len(w) for w in text.split()), default=0) if wraps else cell_len(text)
+    return max((cell_len(w) for w in text.split()), default=0)
 
 
-def natural_width(cells: list[dict[str, str]], columns: list[str]) -> int:
-    """The width of the runs table with ``columns`` and no cell wrapped (rich's box, padding 1)."""
+NARROW_HEADERS = {HEADLINE: "result", "attack success": "success"}
+"""Shorter headers of the compact runs table."""
+
+
+def _natural(cells: list[dict[str, str]], column: str, header: str | None = None) -> int:
     from rich.cells import cell_len
 
-    return sum(max(cell_len(c), *(cell_len(r[c]) for r in cells)) for c in columns) + 3 * len(columns) + 1
+    return max(cell_len(header or column), *(cell_len(r[column]) for r in cells))
 
 
-def choose_columns(cells: list[dict[str, str]], width: int | None) -> list[str]:
-    """The columns that fit ``width`` (None: all of them): every one when the table fits; else
-    id, name, attack and the headline columns (attack success, result) that hold a value, then
-    the others by rank while they fit with headers and text cells wrapped at spaces."""
-    names = [c for c, _, _ in RUN_COLUMNS]
-    if width is None or natural_width(cells, names) <= width:
-        return names
-    need = {c: max(_width(c, True), *(_width(r[c], wraps) for r in cells)) for c, _, wraps in RUN_COLUMNS}
-    used = {c for c in names if any(r[c] != "–" for r in cells)}
-    keep = [c for c, rank, _ in RUN_COLUMNS if rank == 0 or (rank <= 2 and c in used)]
-    total = lambda cols: sum(need[c] for c in cols) + 3 * len(cols) + 1  # noqa: E731
-    for c, _, _ in sorted(RUN_COLUMNS, key=lambda x: x[1]):
-        if c not in keep and c in used and total(keep + [c]) <= width:
+def boxed_width(cells: list[dict[str, str]], columns: list[str]) -> int:
+    """The width of the runs table with ``columns`` in a box and nothing wrapped."""
+    return sum(_natural(cells, c) for c in columns) + 3 * len(columns) + 1
+
+
+def narrow_layout(cells: list[dict[str, str]], width: int) -> dict[str, int]:
+    """The columns of a compact runs table (a rule under the header, three spaces between
+    columns) that fit ``width``, with their widths: id, name, attack and the headline columns
+    that hold a value (attack success and result as one column when both do), wrapped at spaces
+    where they must be (no column narrower than its longest word unless these alone do not
+    fit); then the others that hold a value, by rank, while everything fits unwrapped."""
+    used = {c for c, _ in RUN_COLUMNS if any(r[c] != "–" for r in cells)}
+    headline = [c for c in ("attack success", "result") if c in used]
+    keep = ["id", "name", "attack", *([HEADLINE] if len(headline) == 2 else headline)]
+    header = {c: NARROW_HEADERS.get(c, c) for c in [*(c for c, _ in RUN_COLUMNS), HEADLINE]}
+    need = {c: _natural(cells, c) if c == "id" else max(_longest_word(h), *(_longest_word(r[c]) for r in cells))
+            for c, h in header.items()}
+    natural = {c: _natural(cells, c, h) for c, h in header.items()}
+    total = lambda cols: sum(natural[c] for c in cols) + GAP * (len(cols) - 1)  # noqa: E731
+    for c, rank in sorted(RUN_COLUMNS, key=lambda x: x[1]):
+        if rank >= 3 and c in used and total(keep + [c]) <= width:
             keep.append(c)
-    return [c for c in names if c in keep]
+    order = [c for c, _ in RUN_COLUMNS]
+    order.insert(order.index("result"), HEADLINE)
+    widths = {c: natural[c] for c in order if c in keep}
+    excess = sum(widths.values()) + GAP * (len(widths) - 1) - width
+    while excess > 0:  # narrow the widest column that is wider than its longest word
+        room = [c for c in widths if c != "id" and widths[c] > need[c]]
+        if not room:
+            break
+        c = max(room, key=lambda c: widths[c])
+        widths[c] -= 1
+        excess -= 1
+    while excess > 0:  # the always-shown columns alone are too wide: fold the widest text
+        c = max((c for c in widths if c != "id"), key=lambda c: widths[c])
+        if widths[c] <= 4:
+            break
+        widths[c] -= 1
+        excess -= 1
+    return widths
 
 
 def terminal_width() -> int | None:
@@ -194,26 +232,39 @@ def terminal_width() -> int | None:
 
 
 def print_runs(rows: list[dict[str, Any]], root: str | Path, wide: bool = False) -> None:
-    """The runs table on standard output: on a terminal too narrow for it, only the columns that
-    fit (``wide``: all, unsqueezed); elsewhere every column, never squeezed."""
+    """The runs table on standard output: every column in a box when it fits, or when standard
+    output is not a terminal, or with ``wide`` (never squeezed: lines may be longer than the
+    terminal); on a terminal too narrow for it, the columns of :func:`narrow_layout`."""
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
     cells = [run_cells(r, root) for r in rows]  # damage: one line, before any output
-    names = [c for c, _, _ in RUN_COLUMNS]
+    names = [c for c, _ in RUN_COLUMNS]
     term = terminal_width()
-    shown = choose_columns(cells, None if wide else term)
-    wraps = {c: w for c, _, w in RUN_COLUMNS}
-    table = Table(title=cell(f"runs in {root}", 200))
-    for c in shown:
-        table.add_column(c, no_wrap=not wraps[c], overflow="fold" if wraps[c] else "ellipsis")
+    title = cell(f"runs in {root}", 200)
+    if term is None or wide or boxed_width(cells, names) <= term:
+        width = max(term or 200, boxed_width(cells, names))
+        table = Table(title=title)
+        for c in names:
+            table.add_column(c, no_wrap=c == "id")
+        shown = names
+    else:
+        width = term
+        layout = narrow_layout(cells, term)
+        table = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, show_edge=False)
+        for c, w in layout.items():
+            table.add_column(NARROW_HEADERS.get(c, c), width=w, no_wrap=c == "id",
+                             overflow="ellipsis" if c == "id" else "fold")
+        shown = list(layout)
     for r in cells:
         table.add_row(*(cell(r[c]) for c in shown))
-    full = natural_width(cells, shown)
-    console = Console(file=sys.stdout, width=term if term is not None and not wide else max(term or 200, full))
+    # no styles: a line is as long as it looks (and hostile text cannot restyle it)
+    console = Console(file=sys.stdout, width=width, color_system=None)
     console.print(table)
-    if len(shown) < len(names):
-        console.print(cell(f"({len(names) - len(shown)} columns hidden to fit {term} characters; --wide shows all)"))
+    hidden = len(names) - len([c for c in shown if c != HEADLINE]) - (HEADLINE in shown) * 2
+    if hidden > 0:
+        console.print(cell(f"({hidden} columns hidden to fit {term} characters; --wide shows all)"))
 
 
 # -- poisonlab show --json ----------------------------------------------------------------
@@ -244,6 +295,7 @@ def index_row(run: Path) -> dict[str, Any] | None:
 def run_json(run: Path, metrics: dict[str, Any]) -> str:
     """``poisonlab show --json``: the run's id, folder, index summary (null when not indexed) and
     metrics.json, as strict JSON (NaN and infinities as null)."""
-    row = index_row(run)
-    out = {"id": run.name, "path": str(run), "summary": row["summary"] if row else None, "metrics": metrics}
+    where = run.resolve()
+    row = index_row(where)
+    out = {"id": where.name, "path": str(run), "summary": row["summary"] if row else None, "metrics": metrics}
     return json.dumps(_strict(out), indent=2, allow_nan=False)

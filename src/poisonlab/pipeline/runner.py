@@ -16,13 +16,12 @@ from .context import Context, RunOutcome
 from .fit import device_of
 
 
-def experiment_hash(resolved: dict[str, Any], family: str = "backdoor") -> str:
+def experiment_hash(resolved: dict[str, Any], family: str) -> str:
     """Hash of what determines the results: the config less where files are read from and
-    written to; the family is part of it unless it is the default ``backdoor``."""
+    written to, and the family that runs it."""
     what = {k: v for k, v in resolved.items() if k != "output"}
     what["data"] = {k: v for k, v in resolved["data"].items() if k != "dir"}
-    if family != "backdoor":
-        what["family"] = family
+    what["family"] = family
     return config_hash(what)
 
 

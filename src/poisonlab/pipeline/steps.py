@@ -17,7 +17,7 @@ from .. import __version__, report
 from ..attacks import build_attack
 from ..data import load_data
 from ..data.splits import carve_validation, limit_rows
-from ..defend import check_defense_needs, check_defenses, run_defenses
+from ..defend import check_defense_needs, check_defenses, defense_table, run_defenses
 from ..defenses import DefenseInputs, FilterContext
 from ..errors import PoisonlabError
 from ..provenance import provenance
@@ -54,12 +54,12 @@ def load(ctx: Context) -> None:
     new_model(ctx, ctx.train)  # an unknown model or bad options fail before any training
     run_stage(ctx, "check")
     run_stage(ctx, "after_data")
-    if ctx.attack is not None:
-        ctx.attack.check(ctx.train)
     if ctx.defenses:  # a defense whose needs this experiment does not meet fails here, before any training
         inputs = DefenseInputs(ctx.train, None, lambda ds, name: None, None, ctx.val, model=new_model(ctx, ctx.train),
                                test=ctx.test)
         check_defense_needs(ctx.defenses, inputs)
+    if ctx.attack is not None:
+        ctx.attack.check(ctx.train)
 
 
 def fit_reference(ctx: Context) -> None:
@@ -146,8 +146,9 @@ def defend(ctx: Context) -> None:
             (ctx.metrics if v.key == "victim" else v.metrics)["defenses"] = defended.metrics
             rows += defended.rows
     if rows:
-        ctx.folder.write_text("tables/defenses.md", report.to_markdown(rows, f"{ctx.cfg.name}: attack x defense"))
-        ctx.folder.write_text("tables/defenses.csv", report.to_csv(rows))
+        table = defense_table(rows)
+        ctx.folder.write_text("tables/defenses.md", report.to_markdown(table, f"{ctx.cfg.name}: attack x defense"))
+        ctx.folder.write_text("tables/defenses.csv", report.to_csv(table))
 
 
 def finish(ctx: Context) -> None:
