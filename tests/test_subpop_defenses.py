@@ -118,7 +118,8 @@ def test_experiment_writes_the_defense_table(tmp_path, monkeypatch, one_thread):
     assert [(s["defense"], s["alpha"]) for s in m["defenses"]] == [
         (d, a) for d in ("none", "trim", "ss") for a in (1.0, 2.0)]
     table = list(csv.DictReader((folder.path / "tables" / "defenses.csv").open()))
-    assert [(r["defense"], r["alpha"]) for r in table] == [(d, a) for d in ("none", "trim", "ss") for a in ("1", "2")]
+    assert [(r["defense"], float(r["alpha"])) for r in table] == [(d, a) for d in ("none", "trim", "ss") for a in (1, 2)]
+    assert all(float(r["clean accuracy"]) == s["clean_accuracy"] for r, s in zip(table, m["defenses"]))  # numbers
     assert "defenses" in (folder.path / "tables" / "defenses.md").read_text()
     for alpha in (1.0, 2.0):
         at = [r for r in m["rows"] if r["alpha"] == alpha]

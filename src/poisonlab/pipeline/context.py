@@ -89,7 +89,6 @@ class Context:
     config_hash: str = ""
     resolved: dict[str, Any] = field(default_factory=dict)
     folder: RunFolder | None = None
-    defense_rows: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def victim(self) -> Victim | None:

@@ -131,13 +131,16 @@ def defense_summary(rows: list[dict[str, Any]], labels: list[str], k: int = 5) -
     return out
 
 
-def defense_rows(summary: list[dict[str, Any]]) -> list[dict[str, str]]:
-    """:func:`defense_summary` as table rows (``tables/defenses.md`` / ``.csv``); a share that
-    does not apply (rows removed by a defense that removes none) reads ``–``."""
-    from ..report import pct
+def defense_rows(summary: list[dict[str, Any]]) -> Any:
+    """:func:`defense_summary` as a table (``tables/defenses.md`` formatted, ``.csv`` plain
+    numbers); a share that does not apply (rows removed by a defense that removes none) reads
+    ``–`` in markdown and is empty in the CSV."""
+    from ..report import Column, Table
 
-    return [{"defense": s["defense"], "alpha": f"{s['alpha']:g}",
-             f"target damage (worst {s['k']} undefended)": f"{s['target_worst_k']:.3f}",
-             "collateral (all)": pct(float(s["collateral_all"])), "clean accuracy": pct(float(s["clean_accuracy"])),
-             "poisons removed": pct(float(s["poisons_removed"])), "clean rows removed": pct(float(s["clean_removed"]))}
-            for s in summary]
+    target = f"target damage (worst {summary[0]['k'] if summary else 5} undefended)"
+    columns = [Column("defense"), Column("alpha", "g"), Column(target, "f3"), Column("collateral (all)", "pct"),
+               Column("clean accuracy", "pct"), Column("poisons removed", "pct"), Column("clean rows removed", "pct")]
+    return Table([{"defense": s["defense"], "alpha": s["alpha"], target: s["target_worst_k"],
+                   "collateral (all)": float(s["collateral_all"]), "clean accuracy": float(s["clean_accuracy"]),
+                   "poisons removed": float(s["poisons_removed"]), "clean rows removed": float(s["clean_removed"])}
+                  for s in summary], columns)

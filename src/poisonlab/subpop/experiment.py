@@ -227,7 +227,8 @@ def _write(folder: RunFolder, cfg: SubpopConfig, resolved: dict[str, Any], metri
            rows: list[dict[str, Any]], summary: list[dict[str, Any]], clean: torch.nn.Module) -> None:
     folder.write_text("config.yaml", yaml.safe_dump(resolved, sort_keys=False))
     folder.write_json("metrics.json", metrics)
-    folder.write_text("tables/subpopulations.csv", report.to_csv(rows))
+    folder.write_text("tables/subpopulations.csv",  # plain numbers, NaN empty
+                      report.to_csv(report.Table(rows, [report.Column(k) for k in (rows[0] if rows else {})])))
     report.write_table(folder, "summary", summary_rows(summary), title=f"{cfg.name}: worst-k target damage")
     if metrics["defenses"]:
         drows = defense_rows(metrics["defenses"])
