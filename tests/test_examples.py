@@ -8,7 +8,7 @@ from poisonlab.attacks.pruning_aware import pruning_aware_config
 from poisonlab.defend import check_defenses
 from poisonlab.config import ExperimentConfig, load_config
 from poisonlab.experiment import run_experiment
-from poisonlab.data import DATASETS
+from poisonlab.data import DATASETS, READERS
 from poisonlab.models import MODELS
 from poisonlab.matrix import load_grid
 from poisonlab.subpop.config import SubpopConfig, load_subpop_config
@@ -39,7 +39,7 @@ def test_example_config_is_valid(path):
 @pytest.mark.parametrize("path", SUBPOP_EXAMPLES, ids=lambda p: p.name)
 def test_subpop_example_config_is_valid(path):
     cfg = load_subpop_config(path)
-    assert cfg.model.name in MODELS and cfg.data.name in DATASETS
+    assert cfg.model.name in MODELS and (cfg.data.name in DATASETS or cfg.data.name in READERS)
 
 
 def test_there_are_subpop_examples():
