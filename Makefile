@@ -5,6 +5,7 @@ TORCH_VERSION ?= 2.13.0
 TORCH_SPEC ?= torch==$(TORCH_VERSION)
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(TORCH_VERSION)
+PYTEST_JOBS ?= 2
 PYTEST_ARGS ?=
 DATA ?= ../shared/data
 
@@ -30,7 +31,8 @@ demo: $(STAMP)
 	$(BIN)/poisonlab run examples/digits_badnets.yaml
 
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	# two workers share the two cores (one torch thread each); PYTEST_JOBS=0 runs serially
+	$(BIN)/python -m pytest -n $(PYTEST_JOBS) --dist loadfile $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/throughput.py --data-dir $(DATA)

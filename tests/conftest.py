@@ -1,11 +1,21 @@
 """Shared fixtures: progress bars off, deterministic torch, a tiny image data set."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 from poisonlab import progress
 from poisonlab.data.base import Dataset
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (``make test`` runs two workers) each worker trains on one torch thread,
+    so that two workers share two cores without oversubscribing them (the golden tests set
+    their own thread count: tests/golden/capture.py)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
