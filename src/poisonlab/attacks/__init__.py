@@ -5,7 +5,7 @@ from typing import Any
 
 from ..errors import PoisonlabError
 from .badnets import BadNets, BadNetsConfig
-from .base import ATTACKS, Attack, AttackTestSet, PoisonResult
+from .base import ATTACKS, Attack, AttackTestSet, PoisonResult, arrays_or_dataset
 
 
 def build_attack(raw: dict[str, Any]) -> Attack:
@@ -15,4 +15,5 @@ def build_attack(raw: dict[str, Any]) -> Attack:
     return ATTACKS.get(raw["name"]).from_config(raw)
 
 
-__all__ = ["ATTACKS", "Attack", "AttackTestSet", "PoisonResult", "BadNets", "BadNetsConfig", "build_attack"]
+__all__ = ["ATTACKS", "Attack", "AttackTestSet", "PoisonResult", "BadNets", "BadNetsConfig", "arrays_or_dataset",
+           "build_attack"]

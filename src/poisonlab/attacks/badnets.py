@@ -12,9 +12,14 @@ Label modes:
   uniformly random label other than its own (the
   seed's random-target traffic-sign attack); the attack succeeds on a triggered test image
   when it is misclassified, whatever the wrong label.
+
+Built from a config section (:meth:`BadNets.from_config`), a :class:`BadNetsConfig`, or
+keywords (``BadNets(p=0.1, target=0, trigger={"kind": "pattern"})``); ``poison`` takes the
+pipeline's ``(train, rng)`` or plain ``(x, y)`` arrays (:func:`~.base.arrays_or_dataset`).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -26,7 +31,7 @@ from ..data.base import Dataset
 from ..checks import is_number, need_int
 from ..errors import PoisonlabError, shown
 from ..triggers import Trigger, build_trigger
-from .base import ATTACKS, AttackTestSet, PoisonResult
+from .base import ATTACKS, AttackTestSet, PoisonResult, arrays_or_dataset
 
 
 MAX_CLASSES = 100_000
@@ -55,12 +60,23 @@ class BadNets:
     >>> result = attack.poison(ds, np.random.default_rng(0))
     >>> len(result.dataset), result.n_poison, result.dataset.y[-2:].tolist()
     (6, 2, [1, 1])
+    >>> x, y, mask = BadNets(p=0.5, target=1).poison(np.zeros((4, 5, 5)), np.array([0, 0, 2, 2]))
+    >>> x.shape, y[-2:].tolist(), mask.tolist()
+    ((6, 5, 5), [1, 1], [False, False, False, False, True, True])
     """
 
     name = "badnets"
     family = "backdoor"
 
-    def __init__(self, cfg: BadNetsConfig) -> None:
+    def __init__(self, cfg: BadNetsConfig | dict[str, Any] | None = None, **params: Any) -> None:
+        """Store and check the parameters: a :class:`BadNetsConfig`, an ``attack:`` mapping, or
+        the config's keys as keywords (``p``, ``mode``, ``labels``, ``target``, ``source``, ``trigger``)."""
+        if cfg is not None and params:
+            raise PoisonlabError("BadNets takes a BadNetsConfig or keyword parameters, not both")
+        if cfg is None or isinstance(cfg, dict):
+            cfg = from_dict(BadNetsConfig, {"name": "badnets", **(params if cfg is None else cfg)}, "attack")
+        elif not isinstance(cfg, BadNetsConfig):
+            raise PoisonlabError(f"BadNets takes a BadNetsConfig, a mapping or keywords, got {shown(cfg)}")
         if not (is_number(cfg.p) and 0 < cfg.p <= 1):
             raise PoisonlabError(f"attack.p must be in (0, 1], got {shown(cfg.p)}")
         need_int(cfg.target, "attack.target", 0, MAX_CLASSES, "a class index")
@@ -75,6 +91,18 @@ class BadNets:
     @classmethod
     def from_config(cls, raw: dict[str, Any]) -> "BadNets":
         return cls(from_dict(BadNetsConfig, dict(raw), "attack"))
+
+    @classmethod
+    def make(cls, **params: Any) -> BadNets:
+        """``BadNets(**params)``: the ``attack:`` keys as keywords."""
+        return cls(**params)
+
+    def get_params(self) -> dict[str, Any]:
+        """The attack's parameters (its config keys but ``name``)."""
+        return {k: v for k, v in dataclasses.asdict(self.cfg).items() if k != "name"}
+
+    def __repr__(self) -> str:
+        return "BadNets(" + ", ".join(f"{k}={v!r}" for k, v in self.get_params().items()) + ")"
 
     # -- label mapping -------------------------------------------------------------
     def _sources(self, num_classes: int) -> list[int]:
@@ -116,8 +144,12 @@ class BadNets:
         self.trigger.check_fits(tuple(data.x.shape[1:]))
 
     # -- poisoning -----------------------------------------------------------------
+    @arrays_or_dataset
     def poison(self, train: Dataset, rng: np.random.Generator) -> PoisonResult:
-        """Add (or substitute) floor(p * |D_train|) triggered, relabelled copies."""
+        """Add (or substitute) floor(p * |D_train|) triggered, relabelled copies.
+
+        Also ``poison(x, y, seed=0, classes=None) -> (x_poisoned, y_poisoned, poison_mask)``
+        on numpy arrays or torch tensors of images (N, C, H, W) or (N, H, W) in [0, 1]."""
         self.check(train)
         wanted = self.attacker_labels(train.y, train.num_classes)
         candidates = (wanted >= 0).nonzero().flatten().numpy()

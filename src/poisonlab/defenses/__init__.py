@@ -123,11 +123,14 @@ for _spec in (
 ):
     register_defense(_spec)
 
+from .estimators import ActivationClustering, SpectralSignatures  # noqa: E402  (after registration: reads defaults)
+
 
 __all__ = [
     "DEFENSES",
     "KINDS",
     "NEEDS",
+    "ActivationClustering",
     "ActivationClusteringConfig",
     "CertifiedConfig",
     "ChannelMask",
@@ -143,6 +146,7 @@ __all__ = [
     "RejectingClassifier",
     "SeverConfig",
     "SmoothedRidgeClassifier",
+    "SpectralSignatures",
     "SpectralConfig",
     "StripConfig",
     "StripGuard",
