@@ -16,6 +16,7 @@ from test_subpop_experiment import SPLIT
 
 import poisonlab.data as data_pkg
 import poisonlab.subpop.experiment as sub_experiment
+import poisonlab.subpop.steps as sub_steps
 from poisonlab.families import subpopulation as subpop_family
 from poisonlab import matrix as matrix_mod
 from poisonlab.errors import PoisonlabError
@@ -58,7 +59,7 @@ def tiny_subpop_grid(out: Path, **changes) -> dict:
 def planted():
     """Every subpop experiment of this module loads the tiny planted table instead of Adult."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(sub_experiment, "load_data", lambda *a, **k: SPLIT)
+        mp.setattr(sub_steps, "load_data", lambda *a, **k: SPLIT)
         mp.setattr(data_pkg, "load_data", lambda *a, **k: SPLIT)  # the provenance a finished cell is checked against
         yield
 

@@ -13,6 +13,7 @@ import torch
 from test_subpop_experiment import BASE, SPEC, SPLIT, planted_table
 
 import poisonlab.subpop.experiment as sub_experiment
+import poisonlab.subpop.steps as sub_steps
 from poisonlab.data.base import Dataset, DataSplit
 from poisonlab.defenses import DefenseInputs, certified, pruning
 from poisonlab.defenses.certified import (
@@ -204,10 +205,10 @@ def test_certified_curve_is_non_increasing_and_matches_the_library(inputs):
 
 # ------------------------------------------------------------------------- end to end
 def test_tiny_run_writes_both_defenses(tmp_path, monkeypatch, one_thread):
-    monkeypatch.setattr(sub_experiment, "load_data", lambda *a, **k: SPLIT)
+    monkeypatch.setattr(sub_steps, "load_data", lambda *a, **k: SPLIT)
     seen: list[SweepInputs] = []
-    real = sub_experiment.run_sweep
-    monkeypatch.setattr(sub_experiment, "run_sweep", lambda inp, w: seen.append(inp) or real(inp, w))
+    real = sub_steps.run_sweep
+    monkeypatch.setattr(sub_steps, "run_sweep", lambda inp, w: seen.append(inp) or real(inp, w))
     subpops = "subpopulations={features: [color, size], min_test: 10, max_test: null, limit: 3}"
     defenses = "defenses=[{name: certified, curve_rows: 30}, {name: fine-pruning, label: fp, fine_tune_epochs: 2}]"
     cfg = load_subpop_config(None, BASE + [f"output.dir={tmp_path}", "data.val_fraction=0.2", subpops, defenses])
@@ -261,9 +262,9 @@ def test_bad_parameters_are_one_line_errors(overrides, message):
 
 def test_run_time_checks_fail_before_training(tmp_path, monkeypatch):
     three = DataSplit(*(Dataset(ds.x, ds.y, ["a", "b", "c"], ds.meta) for ds in (SPLIT.train, SPLIT.test)))
-    monkeypatch.setattr(sub_experiment, "load_data", lambda *a, **k: three)
+    monkeypatch.setattr(sub_steps, "load_data", lambda *a, **k: three)
     calls: list[int] = []
-    monkeypatch.setattr(sub_experiment, "fit_scratch", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(sub_steps, "fit_scratch", lambda *a, **k: calls.append(1))
     cfg = load_subpop_config(None, BASE + [f"output.dir={tmp_path}", "defenses=[certified]"])
     with pytest.raises(PoisonlabError, match=r"needs binary labels \(2 classes\); this experiment's data have 3 "
                        "classes") as err:

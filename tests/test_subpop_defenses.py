@@ -9,6 +9,7 @@ import torch
 from test_subpop_experiment import BASE, SPEC, SPLIT, planted_table
 
 import poisonlab.subpop.experiment as sub_experiment
+import poisonlab.subpop.steps as sub_steps
 from poisonlab.errors import PoisonlabError
 from poisonlab.subpop import feature_match, membership
 from poisonlab.subpop.config import load_subpop_config
@@ -108,7 +109,7 @@ def test_parallel_equals_serial_with_defenses(defended_inputs, defended_serial):
 
 
 def test_experiment_writes_the_defense_table(tmp_path, monkeypatch, one_thread):
-    monkeypatch.setattr(sub_experiment, "load_data", lambda *a, **k: SPLIT)
+    monkeypatch.setattr(sub_steps, "load_data", lambda *a, **k: SPLIT)
     cfg = load_subpop_config(None, BASE + [f"output.dir={tmp_path}", "output.plots=false",
                                            ("subpopulations={features: [color, size], min_test: 10, "
                                             "max_test: null, limit: 6}"),

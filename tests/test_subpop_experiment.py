@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import poisonlab.subpop.experiment as sub_experiment
+import poisonlab.subpop.steps as sub_steps
 from poisonlab.cli import main
 from poisonlab.data.base import DataSplit, Dataset
 from poisonlab.errors import PoisonlabError
@@ -67,7 +68,7 @@ def test_label_flip_really_damages_the_subpopulation(sweep_inputs):
 
 
 def _patched(monkeypatch, split: DataSplit) -> None:
-    monkeypatch.setattr(sub_experiment, "load_data", lambda *a, **k: split)
+    monkeypatch.setattr(sub_steps, "load_data", lambda *a, **k: split)
 
 
 SPLIT = DataSplit(planted_table(1200, 3), planted_table(600, 4))
@@ -177,7 +178,7 @@ def test_unknown_cluster_layer_fails_before_training(tmp_path, monkeypatch):
     _patched(monkeypatch, SPLIT)
     cfg = load_subpop_config(None, BASE + [f"output.dir={tmp_path}", "subpopulations={kind: cluster-match, layer: fc9}"])
     calls = []
-    monkeypatch.setattr(sub_experiment, "fit_scratch", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(sub_steps, "fit_scratch", lambda *a, **k: calls.append(1))
     with pytest.raises(PoisonlabError, match="model has no layer 'fc9'"):
         sub_experiment.run_subpop_experiment(cfg)
     assert calls == []

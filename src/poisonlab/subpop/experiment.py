@@ -1,12 +1,8 @@
-"""One subpopulation-poisoning experiment, end to end (Jagielski et al., CCS 2021).
-
-load -> victim / attacker split of the training rows (Sec. 3) -> the clean validation split
-carved from the victim's rows (``data.val_fraction``; D is the rest) -> features (TF-IDF for
-text) -> clean victim model A(D) and the attacker's own model -> subpopulations
-(FeatureMatch or ClusterMatch, Sec. 4.1) and each one's poison label (Sec. 4.2) -> the sweep
-over subpopulations x alphas (:mod:`poisonlab.subpop.sweep`), with the configured defenses
-(:mod:`poisonlab.subpop.defended`) run in every task -> the certified defense's clean-D
-certified-accuracy curve -> tables, plots, run folder and index row.
+"""One subpopulation-poisoning experiment, end to end (Jagielski et al., CCS 2021): the steps
+of :mod:`poisonlab.subpop.steps` (load and split, check, clean reference, the poisons' plan,
+one cell per subpopulation x alpha with every defense, certified curves, summaries), then the
+run folder's metrics, tables and plots and the index row; and how subpopulations are found
+(FeatureMatch or ClusterMatch, Sec. 4.1).
 """
 from __future__ import annotations
 
@@ -20,35 +16,20 @@ import yaml
 
 from .. import __version__, report
 from ..config import config_hash
-from ..data import load_data
 from ..data.base import Dataset
-from ..data.splits import limit_rows
 from ..errors import PoisonlabError
-from ..models.layers import get_layer
 from ..provenance import provenance
-from ..resources import peak_rss_mb, timed
+from ..resources import peak_rss_mb
 from ..store import RunFolder, open_run, prepare_root, record_run, save_weights
 from .config import SubpopConfig
-from .defended import certified_curve, check_binary, defense_rows, defense_summary
-from .learners import (
-    TextFeatures,
-    build,
-    featurize,
-    fit_scratch,
-    fit_victim,
-    predictions,
-    probabilities,
-    representation,
-)
-from .metrics import worst_k_summary
-from .poisons import least_likely_label, poison_count
+from .defended import defense_rows
+from .learners import representation
+from .steps import STEPS, SweepContext
 from .subpopulations import Subpopulation, feature_match, fit_cluster_match, membership
-from .sweep import SweepInputs, default_workers, run_sweep
-from .threat import attacker_split, validation_split
 
 
-def _find_subpopulations(cfg: SubpopConfig, attacker: Dataset, test: Dataset, attacker_model: torch.nn.Module
-                         ) -> tuple[list[Subpopulation], list[np.ndarray], list[np.ndarray], dict[str, Any]]:
+def find_subpopulations(cfg: SubpopConfig, attacker: Dataset, test: Dataset, attacker_model: torch.nn.Module
+                        ) -> tuple[list[Subpopulation], list[np.ndarray], list[np.ndarray], dict[str, Any]]:
     """Subpopulations with their attacker-row and test-row memberships."""
     s = cfg.subpopulations
     if s.kind == "feature-match":
@@ -69,111 +50,49 @@ def _find_subpopulations(cfg: SubpopConfig, attacker: Dataset, test: Dataset, at
 
 
 def run_subpop_experiment(cfg: SubpopConfig) -> tuple[RunFolder, dict[str, Any]]:
-    """Run the configured sweep; write the run folder and its index row."""
-    times: dict[str, float] = {}
-    start = time.perf_counter()
+    """Run the configured sweep (the steps of :mod:`poisonlab.subpop.steps`); write the run folder
+    and its index row."""
     prepare_root(cfg.output.dir)  # a file, unwritable or damaged store fails before any training
-    with timed(times, "load_seconds"):
-        split = load_data(cfg.data)
-    train = limit_rows(split.train, cfg.data.train_limit, cfg.seed)
-    victim_idx, attacker_idx = attacker_split(len(train), cfg.data.attacker_fraction, cfg.seed, train.y)
-    # the clean validation split: victim rows, drawn before any poison exists; D is the rest
-    keep_idx, val_idx = validation_split(len(victim_idx), cfg.data.val_fraction, cfg.seed, train.y[victim_idx])
-    victim, attacker, test = train.subset(victim_idx[keep_idx]), train.subset(attacker_idx), split.test
-    val = train.subset(victim_idx[val_idx]) if len(val_idx) else None
-    text = None
-    if "text" in train.meta and train.x.shape[1:] == (0,):
-        with timed(times, "features_seconds"):
-            text = TextFeatures(max_features=cfg.data.text_features).fit(victim.meta["text"])
-            victim, attacker, test = featurize(victim, text), featurize(attacker, text), featurize(test, text)
-            val = featurize(val, text) if val is not None else None
-    spec = cfg.model
-    specs = cfg.defense_specs()
-    for d in specs:  # fail before any training
-        check_binary(d, test.num_classes)
-        if d.name == "fine-pruning":
-            from ..defenses.pruning import resolve_layer
-
-            resolve_layer(build(spec, attacker, cfg.seed), None, kind="linear")  # a hidden layer to prune
-    if isinstance(cfg.attack.label, int) and cfg.attack.label >= test.num_classes:
-        raise PoisonlabError(f"attack.label {cfg.attack.label} is out of range; the data set has classes "
-                             f"0..{test.num_classes - 1}")
-    layer = cfg.subpopulations.layer
-    if cfg.subpopulations.kind == "cluster-match" and layer not in (None, "auto", "input"):
-        get_layer(build(spec, attacker, cfg.seed), layer)  # an unknown layer fails before any training
-    with timed(times, "clean_seconds"):
-        pretrained = fit_scratch(spec, victim, cfg.seed)
-        clean = pretrained if spec.mode == "scratch" else fit_victim(spec, pretrained, victim, cfg.seed)
-        clean_pred = predictions(clean, test.x)
-        attacker_model = fit_scratch(spec, attacker, cfg.seed + 1)
-    with timed(times, "subpopulations_seconds"):
-        subs, a_members, t_members, how = _find_subpopulations(cfg, attacker, test, attacker_model)
-    keep = [i for i, m in enumerate(a_members) if m.any()]
-    if cfg.subpopulations.limit is not None:
-        keep = keep[:cfg.subpopulations.limit]
-    subs = [subs[i] for i in keep]
-    a_members, t_members = [a_members[i] for i in keep], [t_members[i] for i in keep]
-    if cfg.attack.label == "least-likely":
-        labels = [least_likely_label(probabilities(attacker_model, attacker.x[m])) for m in a_members]
-    else:
-        labels = [int(cfg.attack.label)] * len(subs)
-    workers = cfg.workers or default_workers()
-    inputs = SweepInputs(spec, victim, attacker, test, pretrained if spec.mode != "scratch" else None, clean_pred,
-                         a_members, t_members, labels, list(cfg.attack.alphas), cfg.seed, specs, val)
-    with timed(times, "sweep_seconds"):
-        results = run_sweep(inputs, workers)
-    certified: dict[str, Any] = {}
-    if any(d.name == "certified" for d in specs):
-        most = max(poison_count(a, int(m.sum())) for a in cfg.attack.alphas for m in a_members)
-        with timed(times, "certified_curve_seconds"):
-            for d in (d for d in specs if d.name == "certified"):
-                max_r = d.params["curve_max_r"] if d.params["curve_max_r"] is not None else max(1, most)
-                certified[d.label] = certified_curve(d, victim, test, cfg.seed, max_r)
-    rows = [_row(subs[r["index"]], a_members[r["index"]], t_members[r["index"]], r) for r in results]
-    summary = worst_k_summary([{"subpop_id": r["subpop_id"], "alpha": r["alpha"], "target": r["target"],
-                                "collateral": r["collateral"]} for r in rows])
-    defenses = defense_summary(rows, [d.label for d in inputs.defenses]) if inputs.defenses else []
-    for label, c in certified.items():
-        c["per_alpha"] = [{"alpha": a, **{k: _mean([r[f"{label}:{k}"] for r in rows if r["alpha"] == a])
-                                          for k in ("certified_accuracy", "target_vs_smoothed_clean")}}
-                          for a in sorted({r["alpha"] for r in rows})]
-    y = test.y.numpy()
-    times["total_seconds"] = time.perf_counter() - start
-    metrics: dict[str, Any] = {
-        "name": cfg.name, "version": __version__, "family": "subpopulation", "seed": cfg.seed,
-        "platform": platform.platform(),
-        "torch": torch.__version__, "workers": workers,
-        "data": {"name": cfg.data.name, "victim": len(victim), "attacker": len(attacker), "test": len(test),
-                 "features": int(np.prod(test.x.shape[1:])), **({"validation": len(val)} if val is not None else {})},
-        "model": {"name": spec.name, "options": spec.model_options(), "mode": spec.mode,
-                  "clean_accuracy": float((clean_pred == y).mean())},
-        "subpopulations": {"kind": cfg.subpopulations.kind, "count": len(subs), **how},
-        "summary": summary, "defenses": defenses, **({"certified": certified} if certified else {}),
-        "rows": rows, "time": times,
-        "retrainings": len(results), "seconds_per_retraining": float(np.mean([r["seconds"] for r in results])),
-        "peak_memory_mb": {"rss": peak_rss_mb()},
-    }
-    resolved = cfg.to_dict()
+    ctx = SweepContext(cfg)
+    for step in STEPS:
+        step(ctx)
+    ctx.times["total_seconds"] = time.perf_counter() - ctx.start
+    metrics = sweep_metrics(ctx)
     chash = subpop_config_hash(cfg)
     with open_run(cfg.output.dir, cfg.name, chash) as folder:
         metrics["config_hash"] = chash
-        metrics["provenance"] = provenance(split)
-        _write(folder, cfg, resolved, metrics, rows, summary, clean)
+        metrics["provenance"] = provenance(ctx.split)
+        _write(folder, cfg, cfg.to_dict(), metrics, ctx.rows, ctx.summary, ctx.clean)
     record_run(cfg.output.dir, {
         "id": folder.run_id, "created": time.strftime("%Y-%m-%d %H:%M:%S"), "name": cfg.name,
-        "dataset": cfg.data.name, "model": spec.name, "attack": f"subpopulation ({cfg.subpopulations.kind})",
+        "dataset": cfg.data.name, "model": cfg.model.name, "attack": f"subpopulation ({cfg.subpopulations.kind})",
         "config_hash": chash, "seed": cfg.seed, "version": __version__, "path": str(folder.path.resolve()),
-        "summary": {"clean_acc": metrics["model"]["clean_accuracy"], "subpopulations": len(subs),
-                    **{f"worst{s['k']}_target_alpha{s['alpha']:g}": s["target_worst_k"] for s in summary},
-                    "seconds": times["total_seconds"]},
+        "summary": {"clean_acc": metrics["model"]["clean_accuracy"], "subpopulations": len(ctx.subs),
+                    **{f"worst{s['k']}_target_alpha{s['alpha']:g}": s["target_worst_k"] for s in ctx.summary},
+                    "seconds": ctx.times["total_seconds"]},
         "metrics": {k: v for k, v in metrics.items() if k != "rows"},
     })
     return folder, metrics
 
 
-def _mean(values: list[float]) -> float:
-    v = [x for x in values if not np.isnan(x)]
-    return float(np.mean(v)) if v else float("nan")
+def sweep_metrics(ctx: SweepContext) -> dict[str, Any]:
+    """What a sweep records in ``metrics.json`` (time and peak memory included)."""
+    cfg, spec, test, val = ctx.cfg, ctx.cfg.model, ctx.test, ctx.val
+    return {
+        "name": cfg.name, "version": __version__, "family": "subpopulation", "seed": cfg.seed,
+        "platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "workers": ctx.workers,
+        "data": {"name": cfg.data.name, "victim": len(ctx.victim), "attacker": len(ctx.attacker), "test": len(test),
+                 "features": int(np.prod(test.x.shape[1:])), **({"validation": len(val)} if val is not None else {})},
+        "model": {"name": spec.name, "options": spec.model_options(), "mode": spec.mode,
+                  "clean_accuracy": float((ctx.clean_pred == test.y.numpy()).mean())},
+        "subpopulations": {"kind": cfg.subpopulations.kind, "count": len(ctx.subs), **ctx.how},
+        "summary": ctx.summary, "defenses": ctx.defense_table,
+        **({"certified": ctx.certified} if ctx.certified else {}), "rows": ctx.rows, "time": ctx.times,
+        "retrainings": len(ctx.results),
+        "seconds_per_retraining": float(np.mean([r["seconds"] for r in ctx.results])),
+        "peak_memory_mb": {"rss": peak_rss_mb()},
+    }
 
 
 def subpop_config_hash(cfg: SubpopConfig) -> str:
@@ -187,11 +106,6 @@ def subpop_config_hash(cfg: SubpopConfig) -> str:
     if not hashed_data["val_fraction"]:
         del hashed_data["val_fraction"]
     return config_hash({k: v for k, v in resolved.items() if k not in ("output", "workers")} | {"data": hashed_data})
-
-
-def _row(sub: Subpopulation, a_member: np.ndarray, t_member: np.ndarray, r: dict[str, Any]) -> dict[str, Any]:
-    return {"subpop_id": sub.id, "description": sub.description, "test_size": int(t_member.sum()),
-            "attacker_size": int(a_member.sum()), **{k: v for k, v in r.items() if k != "index"}}
 
 
 def summary_rows(summary: list[dict[str, Any]]) -> report.Table:
