@@ -7,7 +7,6 @@ run folder's metrics, tables and plots and the index row; and how subpopulations
 from __future__ import annotations
 
 import platform
-import time
 from typing import Any
 
 import numpy as np
@@ -18,13 +17,13 @@ from .. import __version__, report
 from ..config import config_hash
 from ..data.base import Dataset
 from ..errors import PoisonlabError
+from ..pipeline.frame import Frame, resources, run_framed
 from ..provenance import provenance
-from ..resources import peak_rss_mb
-from ..store import RunFolder, open_run, prepare_root, record_run, save_weights
+from ..store import RunFolder, save_weights
 from .config import SubpopConfig
 from .defended import defense_rows
 from .learners import representation
-from .steps import STEPS, SweepContext
+from .steps import BEFORE, STEPS, SweepContext
 from .subpopulations import Subpopulation, feature_match, fit_cluster_match, membership
 
 
@@ -50,29 +49,25 @@ def find_subpopulations(cfg: SubpopConfig, attacker: Dataset, test: Dataset, att
 
 
 def run_subpop_experiment(cfg: SubpopConfig) -> tuple[RunFolder, dict[str, Any]]:
-    """Run the configured sweep (the steps of :mod:`poisonlab.subpop.steps`); write the run folder
-    and its index row."""
-    prepare_root(cfg.output.dir)  # a file, unwritable or damaged store fails before any training
+    """Run the configured sweep (the steps of :mod:`poisonlab.subpop.steps`) in the frame every
+    family shares (:mod:`poisonlab.pipeline.frame`); write the run folder and its index row."""
     ctx = SweepContext(cfg)
-    for step in STEPS:
-        step(ctx)
-    ctx.times["total_seconds"] = time.perf_counter() - ctx.start
-    metrics = sweep_metrics(ctx)
-    chash = subpop_config_hash(cfg)
-    with open_run(cfg.output.dir, cfg.name, chash) as folder:
-        metrics["config_hash"] = chash
-        metrics["provenance"] = provenance(ctx.split)
-        _write(folder, cfg, cfg.to_dict(), metrics, ctx.rows, ctx.summary, ctx.clean)
-    record_run(cfg.output.dir, {
-        "id": folder.run_id, "created": time.strftime("%Y-%m-%d %H:%M:%S"), "name": cfg.name,
-        "dataset": cfg.data.name, "model": cfg.model.name, "attack": f"subpopulation ({cfg.subpopulations.kind})",
-        "config_hash": chash, "seed": cfg.seed, "version": __version__, "path": str(folder.path.resolve()),
-        "summary": {"clean_acc": metrics["model"]["clean_accuracy"], "subpopulations": len(ctx.subs),
-                    **{f"worst{s['k']}_target_alpha{s['alpha']:g}": s["target_worst_k"] for s in ctx.summary},
-                    "seconds": ctx.times["total_seconds"]},
-        "metrics": {k: v for k, v in metrics.items() if k != "rows"},
-    })
+    frame = Frame(cfg.output.dir, cfg.name, cfg.seed, cfg.data.name, cfg.model.name,
+                  f"subpopulation ({cfg.subpopulations.kind})")
+    folder, metrics, _ = run_framed(frame, ctx, BEFORE, STEPS, lambda: subpop_config_hash(cfg), _finish)
     return folder, metrics
+
+
+def _finish(ctx: SweepContext, folder: RunFolder, chash: str) -> tuple[dict[str, Any], dict[str, Any], None]:
+    metrics = sweep_metrics(ctx)
+    resources(metrics, ctx.times)
+    metrics["config_hash"] = chash
+    metrics["provenance"] = provenance(ctx.split)
+    _write(folder, ctx.cfg, ctx.cfg.to_dict(), metrics, ctx.rows, ctx.summary, ctx.clean)
+    summary = {"clean_acc": metrics["model"]["clean_accuracy"], "subpopulations": len(ctx.subs),
+               **{f"worst{s['k']}_target_alpha{s['alpha']:g}": s["target_worst_k"] for s in ctx.summary},
+               "seconds": ctx.times["total_seconds"]}
+    return metrics, summary, None
 
 
 def sweep_metrics(ctx: SweepContext) -> dict[str, Any]:
@@ -91,7 +86,6 @@ def sweep_metrics(ctx: SweepContext) -> dict[str, Any]:
         **({"certified": ctx.certified} if ctx.certified else {}), "rows": ctx.rows, "time": ctx.times,
         "retrainings": len(ctx.results),
         "seconds_per_retraining": float(np.mean([r["seconds"] for r in ctx.results])),
-        "peak_memory_mb": {"rss": peak_rss_mb()},
     }
 
 

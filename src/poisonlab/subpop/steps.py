@@ -61,6 +61,7 @@ class SweepContext:
     rows: list[dict[str, Any]] = field(default_factory=list)
     summary: list[dict[str, Any]] = field(default_factory=list)
     defense_table: list[dict[str, Any]] = field(default_factory=list)
+    folder: Any = None
 
 
 def load(ctx: SweepContext) -> None:
@@ -174,5 +175,7 @@ def _mean(values: list[float]) -> float:
     return float(np.mean(v)) if v else float("nan")
 
 
-STEPS: tuple[Callable[[SweepContext], None], ...] = (load, check, fit_reference, plan, cells, certify, summarize)
-"""The steps of a sweep, in run order (the run folder is written after them)."""
+BEFORE: tuple[Callable[[SweepContext], None], ...] = (load, check)
+"""What runs before the run folder is opened: loading, splitting and every check."""
+STEPS: tuple[Callable[[SweepContext], None], ...] = (fit_reference, plan, cells, certify, summarize)
+"""The steps of a sweep inside its run folder, in run order."""
