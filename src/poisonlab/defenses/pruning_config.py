@@ -152,9 +152,14 @@ class FinePruningConfig:
         if self.fine_tune_epochs >= 1:
             self.fine_tune_config().validate(f"{where}.fine_tune")
         if model is not None:
-            kind = self.kind_for(model)
-            layer = resolve_layer(model, self.layer, kind)
-            activation_point(model, layer, self.mask_at, kind)
+            self.check_model(model)
+
+    def check_model(self, model: nn.Module) -> None:
+        """Fail in one line, before any training, when ``model`` has no layer this defense can
+        prune (an experiment calls this on an untrained copy of its victim's learner)."""
+        kind = self.kind_for(model)
+        layer = resolve_layer(model, self.layer, kind)
+        activation_point(model, layer, self.mask_at, kind)
 
     def kind_for(self, model: nn.Module) -> LayerKind:
         """What is pruned in ``model``: ``layer_kind``, or for ``auto`` conv channels when the model

@@ -55,9 +55,12 @@ def load(ctx: Context) -> None:
     run_stage(ctx, "check")
     run_stage(ctx, "after_data")
     if ctx.defenses:  # a defense whose needs this experiment does not meet fails here, before any training
-        inputs = DefenseInputs(ctx.train, None, lambda ds, name: None, None, ctx.val, model=new_model(ctx, ctx.train),
-                               test=ctx.test)
-        check_defense_needs(ctx.defenses, inputs)
+        model = new_model(ctx, ctx.train)
+        check_defense_needs(ctx.defenses, DefenseInputs(ctx.train, None, lambda ds, name: None, None, ctx.val,
+                                                        model=model, test=ctx.test))
+        for _, cfg in ctx.defenses:  # and one that cannot act on this model (no layer to prune)
+            if hasattr(cfg, "check_model"):
+                cfg.check_model(model)
     if ctx.attack is not None:
         ctx.attack.check(ctx.train)
 

@@ -88,10 +88,9 @@ def check(ctx: SweepContext) -> None:
     ctx.defenses = cfg.defense_specs()
     for d in ctx.defenses:
         check_binary(d, ctx.test.num_classes)
-        if d.name == "fine-pruning":  # it prunes the units of a hidden layer: the model must have one
-            from ..defenses.pruning import resolve_layer
-
-            resolve_layer(build(spec, ctx.attacker, cfg.seed), None, kind="linear")
+        check_model = getattr(d.cfg, "check_model", None)  # e.g. Fine-Pruning: a layer to prune
+        if check_model is not None:
+            check_model(build(spec, ctx.attacker, cfg.seed))
     if isinstance(cfg.attack.label, int) and cfg.attack.label >= ctx.test.num_classes:
         raise PoisonlabError(f"attack.label {cfg.attack.label} is out of range; the data set has classes "
                              f"0..{ctx.test.num_classes - 1}")
