@@ -15,7 +15,7 @@ import yaml
 from poisonlab.cli import main
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from data_fixtures import class_tree  # noqa: E402
+from data_fixtures import class_tree, write_image  # noqa: E402
 from hostile import assert_one_line_error, run_cli  # noqa: E402
 
 NET = '''
@@ -112,8 +112,6 @@ def test_image_folder_and_npz_as_data(tmp_path):
     root = tmp_path / "pngs"
     for c in ("cat", "dog"):
         for k in range(30):
-            from data_fixtures import write_image
-
             write_image(root / c / f"{k:02d}.png", rng.integers(0, 256, (8, 8)) // (1 if c == "cat" else 2))
     m = _run(tmp_path, {"name": "pngs", "data": {"name": "image-folder", "path": str(root),
                                                 "options": {"image_size": 8, "channels": 1}, "val_fraction": 0.1},
@@ -149,12 +147,12 @@ def test_bad_data_is_one_line(tmp_path):
     ragged = tmp_path / "ragged.csv"
     ragged.write_text("a,b,label\n1,2,x\n3,4\n")
     nolabel = _table(tmp_path / "t.csv")
+    corrupt = class_tree(tmp_path / "bad", {"x": 1, "y": 1})
+    (corrupt / "x" / "00.png").write_bytes(b"\x89PNG not an image")
     cases = [({"name": "image-folder", "path": str(flat)}, "class"),
-             ({"name": "image-folder", "path": str(class_tree(tmp_path / "bad", {"x": 1, "y": 1}))}, None),
+             ({"name": "image-folder", "path": str(corrupt)}, "00.png"),
              ({"name": "csv", "path": str(ragged), "options": {"label": "label"}}, "line 3"),
              ({"name": "csv", "path": str(nolabel), "options": {"label": "income"}}, "income")]
-    (tmp_path / "bad" / "x" / "00.png").write_bytes(b"\x89PNG not an image")
-    cases[1] = (cases[1][0], "00.png")
     for data, needle in cases:
         path = tmp_path / "bad.yaml"
         path.write_text(yaml.safe_dump({"data": data, "model": {"name": "mlp"}, "attack": BADNETS,

@@ -145,8 +145,8 @@ class SubpopulationFamily:
         return out
 
     def cell_record(self, metrics: dict[str, Any], defenses: list[str]) -> dict[str, Any]:
-        count = (metrics.get("subpopulations") or {}).get("count") if isinstance(metrics.get("subpopulations"),
-                                                                                   dict) else None
+        found = metrics.get("subpopulations")
+        count = found.get("count") if isinstance(found, dict) else None
         return {"summary": self.cell_summary(metrics, defenses),
                 "clean_model_accuracy": metrics["model"]["clean_accuracy"],
                 "subpopulations": count if isinstance(count, int) and not isinstance(count, bool) else None,
