@@ -30,7 +30,7 @@ from poisonlab.errors import PoisonlabError
 from poisonlab.models import activations
 from poisonlab.subpop import feature_match, membership
 from poisonlab.subpop.config import load_subpop_config
-from poisonlab.subpop.defended import certified_curve, parse_defenses
+from poisonlab.subpop.defended import parse_defenses
 from poisonlab.subpop.learners import fit_scratch, predictions
 from poisonlab.subpop.poisons import label_flip_poisons
 from poisonlab.subpop.sweep import SweepInputs, run_sweep
@@ -192,7 +192,7 @@ def test_fine_pruning_prunes_lowest_validation_means_first(inputs):
 
 def test_certified_curve_is_non_increasing_and_matches_the_library(inputs):
     d = inputs.defenses[0]
-    out = certified_curve(d, inputs.victim, inputs.test, seed=0, max_r=12)
+    out = d.cfg.clean_report(inputs.victim, inputs.test, seed=0, most_poisons=12)
     accs = [acc for _, acc in out["curve"]]
     assert [r for r, _ in out["curve"]] == list(range(13)) and out["rows"] == 40
     assert all(a >= b for a, b in itertools.pairwise(accs)) and 0 <= accs[-1] <= accs[0] <= 1

@@ -19,6 +19,7 @@ None reads test data to decide; TRIM's and SEVER's thresholds are fixed paramete
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -196,6 +197,28 @@ class CertifiedConfig:
                       self.curve_max_r)
             need_int(self.curve_max_r, f"{where}.curve_max_r", 0, MAX_ROWS)
 
+    clean_reference_metric = "target_vs_smoothed_clean"
+    """The metric a subpopulation cell reports against :meth:`clean_reference`."""
+
+    def clean_reference(self, clean: Dataset) -> nn.Module:
+        """This defense's own procedure fitted on clean D: the reference its target damage is also
+        measured against (the smoothed ridge differs from the victim's learner even without poison)."""
+        return SmoothedRidgeClassifier(fit_smoothed_ridge(self, clean))
+
+    def clean_report(self, clean: Dataset, test: Dataset, seed: int, most_poisons: int) -> dict[str, Any]:
+        """Once per experiment, on clean D: certified accuracy against ``r = 0..max_r`` flipped
+        training labels (``curve_max_r``, default ``most_poisons``, the largest cell's poison
+        count) on ``curve_rows`` test rows drawn with ``seed`` (a report: nothing is chosen on
+        it), and the smoothed classifier's accuracy on the whole test set."""
+        start = time.perf_counter()
+        max_r = self.curve_max_r if self.curve_max_r is not None else max(1, most_poisons)
+        model = fit_smoothed_ridge(self, clean)
+        accuracy = float((model.predict(_flat(test.x)) == test.y.numpy()).mean())
+        curve, n = certified_accuracy_on(model, test, self.curve_rows, seed, max_r)
+        return {"q": self.q, "lam": self.lam, "rows": int(n), "max_r": int(max_r),
+                "smoothed_clean_accuracy": accuracy, "curve": [[r, acc] for r, acc in curve],
+                "seconds": time.perf_counter() - start}
+
 
 def _flat(x: torch.Tensor) -> np.ndarray:
     """Rows of ``x`` flattened to float64 features (the certified defense's input)."""
@@ -222,6 +245,11 @@ class SmoothedRidgeClassifier(nn.Module):
 
     def predict_rows(self, x: torch.Tensor) -> np.ndarray:
         return self.ridge.predict(_flat(x.detach().cpu()))
+
+    def certified_correct(self, x: torch.Tensor, y: np.ndarray, r: int) -> np.ndarray:
+        """Per row of ``x``: predicted ``y`` and certified against ``r`` flipped training labels."""
+        labels, certified = self.ridge.certify(_flat(x.detach().cpu()), r)
+        return (labels == y) & certified
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         margin = torch.from_numpy(self.ridge.expected_scores(_flat(x.detach().cpu())) - 0.5)

@@ -35,6 +35,6 @@ class Measure(Protocol):
 
 MEASURES: Registry[Any] = Registry("measure")
 
-from . import backdoor  # noqa: E402,F401  (registers "backdoor")
+from . import backdoor, subpopulation  # noqa: E402,F401  (register "backdoor", "subpopulation")
 
 __all__ = ["MEASURES", "Measure"]

@@ -9,22 +9,23 @@ optional ``defenses:`` list in the config, each item a registered defense's name
 ``{name: ..., label?: str, ...its config keys}`` (:func:`parse_defenses`), e.g. ``trim``,
 ``{name: sever, rounds: 2}``, ``{name: spectral-signatures, label: ss, rule: validation}``.
 
-In each sweep task (subpopulation i, alpha j), after D ∪ D_p is built and the undefended
-victim trained, every configured defense runs as ``spec.run(cfg, ctx)``
-(:func:`poisonlab.subpop.sweep.run_task`) with a
-:class:`~poisonlab.defenses.registry.DefenseInputs` built from the task: the undefended
-victim, D ∪ D_p with its poison mask (the poison rows), ``retrain`` = the task's learner
-(:func:`~poisonlab.subpop.learners.fit_victim`, same mode, same seed) on a row subset, and the
-clean validation split. Filters (Spectral Signatures, Activation Clustering) and robust
-training (TRIM, SEVER) report the rows they removed; the certified smoothed ridge (Rosenfeld
-et al. 2020) and model repair (Fine-Pruning of the MLP's hidden units) remove none, so their
-"poisons removed" and "clean rows removed" are NaN.
+In each cell (subpopulation i, alpha j), after D ∪ D_p is built and the undefended victim
+trained, every configured defense runs through :func:`poisonlab.defend.run_defenses`, the same
+dispatch as against BadNets (:mod:`poisonlab.pipeline.cells`), with the cell's
+:class:`~poisonlab.defenses.registry.DefenseInputs`: the undefended victim, D ∪ D_p with its
+poison mask (the poison rows), ``retrain`` = the sweep's learner (same mode, same seed) on a
+row subset, and the clean validation split. Filters (Spectral Signatures, Activation
+Clustering) and robust training (TRIM, SEVER) report the rows they removed; the certified
+smoothed ridge (Rosenfeld et al. 2020) and model repair (Fine-Pruning of the MLP's hidden
+units) remove none, so their "poisons removed" and "clean rows removed" are NaN.
 
-The sweep's own measurements: target damage and collateral of each defended model against
-the *same* clean model A(D) as the undefended numbers; for ``certified`` also
-``certified_accuracy`` (the subpopulation's test rows right and certified against ``r =
-n_poison`` flipped labels) and ``target_vs_smoothed_clean`` (target damage against the same
-smoothed classifier trained on clean D); and, once per experiment, :func:`certified_curve`.
+The sweep's own measurements (:mod:`poisonlab.measures.subpopulation`): target damage and
+collateral of each defended model against the *same* clean model A(D) as the undefended
+numbers; for a model that certifies (``certified``) also ``certified_accuracy`` (the
+subpopulation's test rows right and certified against ``r = n_poison`` flipped labels) and, for
+a defense with its own clean reference, ``target_vs_smoothed_clean`` (target damage against the
+same smoothed classifier trained on clean D); and, once per experiment, each defense's
+``clean_report`` (the certified-accuracy curve on clean D).
 **The certificate covers flipped labels of existing rows, while this attack adds rows**, so
 ``certified_accuracy`` is a reference, not a guarantee against this attack.
 
@@ -40,16 +41,11 @@ from typing import Any
 
 import numpy as np
 
-from ..data.base import Dataset
 from ..defenses.registry import ConfiguredDefense, parse_defense_item
-from ..defenses.robust_defenses import (
-    certified_accuracy_on,
-    fit_smoothed_ridge,
-    trim_keep_count,
-)
+from ..defenses.robust_defenses import trim_keep_count
 from ..errors import PoisonlabError
 
-__all__ = ["METRICS", "ConfiguredDefense", "certified_curve", "check_binary", "defense_rows", "defense_summary",
+__all__ = ["METRICS", "ConfiguredDefense", "check_binary", "defense_rows", "defense_summary",
            "parse_defenses", "trim_keep_count"]
 
 METRICS = ("target", "collateral", "clean_accuracy", "poisons_removed", "clean_removed")
@@ -77,23 +73,6 @@ def check_binary(d: ConfiguredDefense, num_classes: int) -> None:
     if "binary-labels" in d.needs and num_classes != 2:
         raise PoisonlabError(f"defense '{d.label}' needs binary labels (2 classes); this experiment's data have "
                              f"{num_classes} classes: remove it from defenses")
-
-
-def certified_curve(d: ConfiguredDefense, clean: Dataset, test: Dataset, seed: int, max_r: int) -> dict[str, Any]:
-    """The ``certified`` defense on clean D, once per experiment: certified accuracy against
-    ``r = 0..max_r`` flipped training labels (Rosenfeld et al. 2020) on ``curve_rows`` test
-    rows drawn with ``seed`` (a report: no choice is made on it), and the smoothed
-    classifier's accuracy on the whole test set."""
-    import time
-
-    start = time.perf_counter()
-    model = fit_smoothed_ridge(d.cfg, clean)
-    y = test.y.numpy()
-    accuracy = float((model.predict(test.x.reshape(len(test), -1).double().numpy()) == y).mean())
-    curve, n = certified_accuracy_on(model, test, d.cfg.curve_rows, seed, max_r)
-    return {"q": d.cfg.q, "lam": d.cfg.lam, "rows": int(n), "max_r": int(max_r),
-            "smoothed_clean_accuracy": accuracy, "curve": [[r, acc] for r, acc in curve],
-            "seconds": time.perf_counter() - start}
 
 
 def _nanmean(values: list[float]) -> float:

@@ -24,7 +24,7 @@ from ..errors import PoisonlabError
 from ..models.layers import get_layer
 from ..resources import timed
 from .config import SubpopConfig
-from .defended import certified_curve, check_binary, defense_summary
+from .defended import check_binary, defense_summary
 from .learners import TextFeatures, build, featurize, fit_scratch, fit_victim, predictions, probabilities
 from .metrics import worst_k_summary
 from .poisons import least_likely_label, poison_count
@@ -140,15 +140,15 @@ def cells(ctx: SweepContext) -> None:
 
 
 def certify(ctx: SweepContext) -> None:
-    """The certified defenses' clean-D certified-accuracy curves (report only)."""
-    certified = [d for d in ctx.defenses if d.name == "certified"]
-    if not certified:
+    """Once per sweep, every defense that reports on clean D (``clean_report``: the certified
+    defense's certified-accuracy curve), for the report only."""
+    reporting = [d for d in ctx.defenses if hasattr(d.cfg, "clean_report")]
+    if not reporting:
         return
     most = max(poison_count(a, int(m.sum())) for a in ctx.cfg.attack.alphas for m in ctx.a_members)
     with timed(ctx.times, "certified_curve_seconds"):
-        for d in certified:
-            max_r = d.params["curve_max_r"] if d.params["curve_max_r"] is not None else max(1, most)
-            ctx.certified[d.label] = certified_curve(d, ctx.victim, ctx.test, ctx.cfg.seed, max_r)
+        for d in reporting:
+            ctx.certified[d.label] = d.cfg.clean_report(ctx.victim, ctx.test, ctx.cfg.seed, most)
 
 
 def summarize(ctx: SweepContext) -> None:
