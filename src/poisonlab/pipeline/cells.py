@@ -34,8 +34,9 @@ class CellWork:
     """What every cell of one experiment shares (forked to workers, never pickled per cell)."""
 
     plan: Plan
-    fit: Callable[[Dataset, str], nn.Module]
-    """Train the victim's learner on a data set (``name``: what is trained, for progress)."""
+    fit: Callable[[Dataset, str], Any]
+    """Train the victim's learner on a data set (``name``: what is trained, for progress): an
+    ``nn.Module``, or a :class:`~poisonlab.pipeline.context.TrainedModel` (with how it trained)."""
     measure: Any
     """The family's measure (:class:`~poisonlab.measures.Measure`)."""
     test: Dataset
@@ -56,13 +57,21 @@ class Cell:
     key: tuple
     poison: Any = None
     evaluation: Any = None
+    trained: Any = None
+    """What ``fit`` returned for the victim."""
     model: nn.Module | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
+    preds: dict[str, Any] = field(default_factory=dict)
     defended: DefenseReport = field(default_factory=DefenseReport)
     """What :func:`~poisonlab.defend.run_defenses` reported per defense (its measure, time, removals)."""
     measured: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per defense label: the measure of the defended model alone."""
     seconds: float = 0.0
+
+
+def module_of(trained: Any) -> nn.Module:
+    """The model itself, from an ``nn.Module`` or a ``TrainedModel``."""
+    return trained.model if hasattr(trained, "result") and hasattr(trained, "model") else trained
 
 
 def poison(work: CellWork, cell: Cell) -> None:
@@ -73,12 +82,13 @@ def poison(work: CellWork, cell: Cell) -> None:
 
 def fit_victim(work: CellWork, cell: Cell) -> None:
     """Fit the victim on the poisoned training set."""
-    cell.model = work.fit(cell.poison.dataset, "victim")
+    cell.trained = work.fit(cell.poison.dataset, "victim")
+    cell.model = module_of(cell.trained)
 
 
 def measure(work: CellWork, cell: Cell) -> None:
     """The family's measure of the victim."""
-    cell.metrics, _ = work.measure.measure(cell.model, work.test, cell.evaluation, work.batch_size, work.device,
+    cell.metrics, cell.preds = work.measure.measure(cell.model, work.test, cell.evaluation, work.batch_size, work.device,
                                            "victim")
 
 
@@ -88,7 +98,8 @@ def defend(work: CellWork, cell: Cell) -> None:
     test row is given to a defense."""
     if not work.defenses:
         return
-    context = DefenseInputs(cell.poison.dataset, cell.poison.poison_mask, work.fit, None, work.val)
+    context = DefenseInputs(cell.poison.dataset, cell.poison.poison_mask,
+                            lambda data, name: module_of(work.fit(data, name)), None, work.val)
 
     def evaluate(model: nn.Module, name: str) -> dict[str, Any]:
         cell.measured[name] = work.measure.measure(model, work.test, cell.evaluation, work.batch_size,

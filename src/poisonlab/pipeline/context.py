@@ -81,6 +81,10 @@ class Context:
     baseline_key_extra: dict[str, Any] = field(default_factory=dict)
     clean: TrainedModel | None = None
     clean_preds: dict[str, torch.Tensor] = field(default_factory=dict)
+    work: Any = None
+    """What the main cell's steps share (:class:`~poisonlab.pipeline.cells.CellWork`)."""
+    cell: Any = None
+    """The main cell (:class:`~poisonlab.pipeline.cells.Cell`): its poison, victim and measure."""
     poison: Any = None
     evaluation: Any = None
     """How the attack is measured on test data (for backdoors: an AttackTestSet)."""

@@ -22,10 +22,12 @@ from ..defenses import DefenseInputs, FilterContext
 from ..errors import PoisonlabError
 from ..provenance import provenance
 from ..resources import peak_rss_mb, timed
+from . import cells
+from .cells import Cell, CellWork
 from .context import Context, Reference, Victim
 from .extras import enabled_extras, run_stage
 from .fit import fit, fit_clean, new_model
-from .measuring import measure_model, measure_victim, model_metrics
+from .measuring import measure_model, model_metrics
 
 
 def prepare(ctx: Context) -> None:
@@ -70,26 +72,38 @@ def fit_reference(ctx: Context) -> None:
     ctx.clean = fit_clean(ctx, ctx.train)
 
 
-def poison(ctx: Context) -> None:
-    """Let the attack poison the training rows (reading the clean reference when it asks for one)."""
+def cell_work(ctx: Context) -> CellWork:
+    """The experiment's main cell (:mod:`poisonlab.pipeline.cells`): the attack's plan (reading the
+    clean reference as its surrogate when it declares ``uses_reference``), the run's own fit and
+    the family's measure."""
     attack = ctx.attack
-    if attack is None:
+
+    def plan(key: tuple, rng: np.random.Generator) -> tuple[Any, Any]:
+        if getattr(attack, "uses_reference", False):
+            poisoned = attack.poison(ctx.train, rng, Reference(ctx.clean.model, ctx.val, ctx.device, ctx.cfg.seed))
+        else:
+            poisoned = attack.poison(ctx.train, rng)
+        return poisoned, attack.evaluation_set(ctx.test)
+
+    return CellWork(plan, lambda data, name: fit(ctx, data, name), ctx.family.measure, ctx.test, ctx.cfg.seed,
+                    ctx.defenses, ctx.val, ctx.device, ctx.cfg.train.eval_batch_size, salt=0xBAD)
+
+
+def poison(ctx: Context) -> None:
+    """The attack poisons the training rows: the cell step, for the one cell ``()``."""
+    if ctx.attack is None:
         return
-    rng = np.random.default_rng([ctx.cfg.seed, 0xBAD])
-    if getattr(attack, "uses_reference", False):
-        ref = Reference(ctx.clean.model, ctx.val, ctx.device, ctx.cfg.seed)
-        ctx.poison = attack.poison(ctx.train, rng, ref)
-    else:
-        ctx.poison = attack.poison(ctx.train, rng)
-    ctx.evaluation = attack.evaluation_set(ctx.test)
+    ctx.work, ctx.cell = cell_work(ctx), Cell(())
+    cells.poison(ctx.work, ctx.cell)
+    ctx.poison, ctx.evaluation = ctx.cell.poison, ctx.cell.evaluation
 
 
 def fit_victim(ctx: Context) -> None:
     """Fit the main victim on the poisoned training set, the same way as the clean reference."""
     if ctx.poison is None:
         return
-    trained = fit(ctx, ctx.poison.dataset, "victim")
-    ctx.victims.append(Victim("victim", ctx.family.victim_label, trained, filterable=True, weights=None))
+    cells.fit_victim(ctx.work, ctx.cell)
+    ctx.victims.append(Victim("victim", ctx.family.victim_label, ctx.cell.trained, filterable=True, weights=None))
 
 
 def measure(ctx: Context) -> None:
@@ -108,7 +122,8 @@ def measure(ctx: Context) -> None:
     victim = ctx.victim
     if victim is None:
         return
-    measure_victim(ctx, victim, "victim")
+    cells.measure(ctx.work, ctx.cell)
+    victim.metrics, victim.preds = model_metrics(victim.trained, ctx.cell.metrics), ctx.cell.preds
     ctx.metrics["attack"] = {**ctx.attack.describe(), "n_poison": ctx.poison.n_poison,
                              "train_size_poisoned": len(ctx.poison.dataset),
                              **ctx.family.measure.describe(ctx.evaluation)}
