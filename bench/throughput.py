@@ -1,311 +1,90 @@
-"""Training throughput of the BadNets MNIST CNN on CPU, measured three ways in one run.
+"""Training throughput on CPU: poisonlab's trainer vs IBM ART vs a plain PyTorch loop, in one run.
 
-  (1) poisonlab's in-memory trainer, ``poisonlab.train.train_model`` (1 epoch per repeat);
-  (2) the usual per-sample pipeline: a map-style ``torch.utils.data.Dataset`` whose
-      ``__getitem__`` turns one uint8 28x28 image into a float tensor / 255 (what
-      torchvision's ``ToTensor`` does), ``DataLoader(shuffle=True, num_workers=0)`` with the
-      default collate, and the same model / optimiser / loss in a plain loop (NCHW);
-  (3) a roofline: the machine's dense float32 matmul rate (GFLOP/s, best of several)
-      divided by the model's training FLOPs per image (3x the forward multiply-adds x 2).
+Two models: the BadNets MNIST CNN (``badnet-mnist``, batch 256) and the GTSRB ``small-cnn``
+(options ``convs_per_block: 1, width: 32``, batch 128, as in examples/gtsrb_*.yaml). Per model,
+one epoch per repeat of each pipeline (bench/throughput_pipelines.py):
 
-Every pipeline is warmed up first; repeats of (1), (2) and the matmul probe are
-interleaved (the order of (1) and (2) alternates) so that load from other processes hits
-all of them alike; the best repeat is the headline (like the best-of matmul rate), the
-median is reported beside it. See bench/README.md.
+  poisonlab   ``poisonlab.train.train_model``;
+  art         ART ``PyTorchClassifier.fit`` (skipped with a NOTE when ART is not installed);
+  plain       a plain loop over in-memory tensors (randperm, ``x[idx]``, NCHW);
+  dataloader  per-sample ``Dataset`` + ``DataLoader`` (MNIST only);
 
-    python bench/throughput.py --data-dir ../shared/data            # full run, ~35 s on 2 cores
+plus a roofline: the machine's dense float32 matmul rate divided by the model's training FLOPs
+per image (3x the forward multiply-adds x 2). Every pipeline is warmed up first; the repeats
+are interleaved (pipeline and model order rotate every repeat, a matmul probe follows each
+round) so that load from other processes hits all of them alike; the best repeat is the
+headline, the median is reported beside it. Targets: poisonlab >= 3x ART and >= 50 % of the
+roofline, on each model. See bench/README.md.
+
+    python bench/throughput.py --data-dir ../shared/data            # full run, ~2-3 min on 2 cores
     python bench/throughput.py --quick                              # CI smoke, < 30 s
 """
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
-import platform
-import statistics
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from torch import nn
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling modules below
 try:  # `make bench` runs with the package installed; a plain checkout needs src/ on the path
     import poisonlab  # noqa: F401
 except ImportError:  # pragma: no cover - depends on how the bench is started
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from throughput_pipelines import ART_NOTE, ART_VERSION, LABELS, RUNNERS, ModelCase, matmul_gflops  # noqa: E402
+from throughput_helpers import (  # noqa: E402
+    GTSRB_CLASSES,
+    MNIST_CLASSES,
+    PerSampleMNIST,
+    count_forward_macs,
+    cpu_model,
+    cpu_snapshot,
+    has_batchnorm,
+    load_average,
+    load_gtsrb_float,
+    load_mnist_uint8,
+    model_ratios,
+    others_cpu_share,
+    roofline_images_per_second,
+    rotated,
+    summarize,
+    training_flops_per_image,
+    warmup_size,
+)
+
 from poisonlab import progress  # noqa: E402
-from poisonlab.data.base import Dataset as PLDataset  # noqa: E402
-from poisonlab.models import build_model  # noqa: E402
-from poisonlab.train import TrainConfig, seed_everything, train_model  # noqa: E402
+from poisonlab.train import TrainConfig  # noqa: E402
 
-MODEL = "badnet-mnist"
-SHAPE = (1, 28, 28)
-NUM_CLASSES = 10
-TARGET_VS_DATALOADER = 2.5   # (1) / (2)
-TARGET_VS_ROOFLINE = 0.40    # (1) / roofline
-TRAIN_FLOPS_FACTOR = 3       # training FLOPs = 3 x forward FLOPs (forward, grad wrt input, grad wrt weights)
-# the batch size the project uses for this model on CPU (examples/mnist_badnets_*.yaml: train.batch_size 256)
+MODEL = "badnet-mnist"        # the model of the top-level (pre-issue-12) JSON keys
+TARGET_VS_ART = 3.0           # poisonlab / ART, each model
+TARGET_VS_ROOFLINE = 0.50     # poisonlab / roofline, each model
+TARGET_VS_DATALOADER = 2.5    # poisonlab / DataLoader loop (MNIST; earlier target, still reported)
+TARGETS = {"vs_art": TARGET_VS_ART, "vs_roofline": TARGET_VS_ROOFLINE, "vs_dataloader": TARGET_VS_DATALOADER}
+# the batch sizes the project uses for these models on CPU (examples/mnist_badnets_*.yaml: 256;
+# examples/gtsrb_*.yaml: 128) and the GTSRB examples' model options and SGD settings
 RECOMMENDED_BATCH_SIZE = 256
-
-
-# ----------------------------------------------------------------- pure helpers (tested)
-
-
-def parse_idx(raw: bytes) -> np.ndarray:
-    """The uint8 array of an (uncompressed) IDX file: magic 0x0000080N, N big-endian dims, data.
-
-    >>> parse_idx(bytes([0, 0, 8, 1, 0, 0, 0, 2, 7, 9])).tolist()
-    [7, 9]
-    """
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 8:
-        raise ValueError("not an IDX file of unsigned bytes")
-    ndim = raw[3]
-    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    header = 4 + 4 * ndim
-    if len(raw) != header + int(np.prod(dims, dtype=np.int64)):
-        raise ValueError(f"IDX size mismatch: header says {dims}, {len(raw) - header} data bytes")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
-
-
-def count_forward_macs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:
-    """Multiply-adds per image of every Conv2d / Linear in one forward pass (hooks; biases ignored).
-
-    Conv2d: output elements x (in_channels / groups) x kernel area; Linear: in x out per row.
-
-    >>> count_forward_macs(nn.Sequential(nn.Flatten(), nn.Linear(4, 3)), (4,))
-    {'1': 12}
-    """
-    macs: dict[str, int] = {}
-    names = {m: n for n, m in model.named_modules()}
-
-    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        if isinstance(module, nn.Conv2d):
-            kernel = module.kernel_size[0] * module.kernel_size[1]
-            per_out = (module.in_channels // module.groups) * kernel
-            macs[names[module]] = output[0].numel() * per_out
-        elif isinstance(module, nn.Linear):
-            macs[names[module]] = (output[0].numel() // module.out_features) * module.in_features * module.out_features
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(1, *input_shape))
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    return macs
-
-
-def training_flops_per_image(forward_macs: int) -> int:
-    """Training FLOPs per image: 2 FLOPs per multiply-add, x3 for forward + two backward GEMMs.
-
-    >>> training_flops_per_image(1000)
-    6000
-    """
-    return 2 * forward_macs * TRAIN_FLOPS_FACTOR
-
-
-def roofline_images_per_second(gflops: float, flops_per_image: float) -> float:
-    """Images/s a machine doing ``gflops`` GFLOP/s would reach if training ran at matmul speed.
-
-    >>> roofline_images_per_second(100.0, 5e6)
-    20000.0
-    """
-    return gflops * 1e9 / flops_per_image
-
-
-def verdict(value: float, target: float) -> str:
-    """``PASS`` when ``value >= target``, else ``MISS``.
-
-    >>> verdict(2.6, 2.5), verdict(0.39, 0.4)
-    ('PASS', 'MISS')
-    """
-    return "PASS" if value >= target else "MISS"
-
-
-def summarize(samples: list[float]) -> dict[str, float]:
-    """Best, median and worst of repeated rate measurements (higher is better).
-
-    >>> summarize([3.0, 1.0, 2.0])
-    {'best': 3.0, 'median': 2.0, 'worst': 1.0, 'samples': [3.0, 1.0, 2.0]}
-    """
-    return {"best": max(samples), "median": statistics.median(samples), "worst": min(samples),
-            "samples": list(samples)}
-
-
-# ----------------------------------------------------------------- machine facts
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def load_average() -> float | None:
-    try:
-        return os.getloadavg()[0]
-    except (OSError, AttributeError):
-        return None
-
-
-def cpu_snapshot() -> tuple[float, float, float, float] | None:
-    """(wall s, system-wide busy CPU s, steal CPU s, this process's CPU s), Linux only."""
-    try:
-        fields = [float(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-        hz = os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, AttributeError):
-        return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)
-    steal = fields[7] if len(fields) > 7 else 0.0
-    busy = sum(fields[:8]) - idle - steal
-    t = os.times()
-    return time.perf_counter(), busy / hz, steal / hz, t.user + t.system
-
-
-def others_cpu_share(before: tuple | None, after: tuple | None, ncpu: int) -> dict[str, float] | None:
-    """Share of the machine's CPU time that *other* processes (busy) and the hypervisor (steal) took.
-
-    >>> others_cpu_share((0.0, 0.0, 0.0, 0.0), (10.0, 12.0, 1.0, 10.0), 2)
-    {'others': 0.1, 'steal': 0.05}
-    """
-    if before is None or after is None:
-        return None
-    wall = after[0] - before[0]
-    if wall <= 0:
-        return None
-    others = max(0.0, (after[1] - before[1]) - (after[3] - before[3]))
-    return {"others": round(others / (wall * ncpu), 4), "steal": round((after[2] - before[2]) / (wall * ncpu), 4)}
-
-
-# ----------------------------------------------------------------- data
-
-
-def _read_idx_gz(folder: Path, base: str) -> np.ndarray:
-    raw_path, gz_path = folder / base, folder / f"{base}.gz"
-    if raw_path.exists():
-        return parse_idx(raw_path.read_bytes())
-    return parse_idx(gzip.decompress(gz_path.read_bytes()))
-
-
-def load_mnist_uint8(data_dir: str | None, n: int, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
-    """``n`` MNIST training images as uint8 (n, 28, 28), labels int64, and where they came from.
-
-    Tries poisonlab's loader, then a direct IDX read, then falls back to random images.
-    """
-    notes = []
-    if data_dir is not None:
-        try:
-            from poisonlab.data import load_dataset
-
-            train = load_dataset("mnist", data_dir).train
-            x = train.x[:n].mul(255).round_().to(torch.uint8).squeeze(1).numpy()
-            return x, train.y[:n].numpy(), f"MNIST via poisonlab.data.load_dataset('mnist', {data_dir!r})"
-        except Exception as e:  # noqa: BLE001 - any failure falls through to the next source
-            notes.append(f"poisonlab loader: {type(e).__name__}: {str(e)[:120]}")
-        for folder in (Path(data_dir) / "mnist", Path(data_dir) / "MNIST" / "raw", Path(data_dir)):
-            try:
-                x = _read_idx_gz(folder, "train-images-idx3-ubyte")[:n]
-                y = _read_idx_gz(folder, "train-labels-idx1-ubyte")[:n].astype(np.int64)
-                return np.ascontiguousarray(x), y, f"MNIST IDX files in {folder}"
-            except (OSError, ValueError):
-                continue
-    rng = np.random.default_rng(seed)
-    # MNIST-like sparsity: ~80 % zeros, the rest uniform, so compute matches real digits
-    x = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
-    x[rng.random((n, 28, 28)) < 0.8] = 0
-    y = rng.integers(0, NUM_CLASSES, size=n).astype(np.int64)
-    why = "; ".join(notes) or "no --data-dir"
-    print(f"NOTE: MNIST files not found ({why}); using RANDOM uint8 images of MNIST shape.", flush=True)
-    return x, y, "random uint8 images of MNIST shape (MNIST not found)"
-
-
-class PerSampleMNIST(torch.utils.data.Dataset):
-    """The usual map-style data set: one uint8 image -> float tensor (1, 28, 28) / 255, int label."""
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
-        self.images, self.labels = images, labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        img = torch.from_numpy(self.images[i])                       # uint8 (28, 28), like np.array(PIL image)
-        x = img.view(1, 28, 28).to(torch.float32).div(255)          # what ToTensor does for a grey image
-        return x, int(self.labels[i])
-
-
-# ----------------------------------------------------------------- the three measurements
-
-
-def fresh_model(seed: int) -> nn.Module:
-    seed_everything(seed)
-    return build_model(MODEL, SHAPE, NUM_CLASSES)
-
-
-def run_poisonlab(train: PLDataset, cfg: TrainConfig, seed: int) -> float:
-    """Images/s of one ``train_model`` epoch (wall time around the call)."""
-    model = fresh_model(seed)
-    t0 = time.perf_counter()
-    train_model(model, train, cfg, seed=seed)
-    return len(train) * cfg.epochs / (time.perf_counter() - t0)
-
-
-def run_dataloader(ds: PerSampleMNIST, cfg: TrainConfig, seed: int) -> float:
-    """Images/s of one epoch of the plain DataLoader loop (same model, optimiser, loss)."""
-    model = fresh_model(seed)
-    model.train()
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                          weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
-    loss_fn = nn.CrossEntropyLoss()
-    gen = torch.Generator().manual_seed(seed)
-    loader = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, num_workers=0, generator=gen)
-    t0 = time.perf_counter()
-    for x, y in loader:
-        loss = loss_fn(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return len(ds) / (time.perf_counter() - t0)
-
-
-def matmul_gflops(size: int, tries: int) -> float:
-    """Best float32 ``torch.matmul`` rate on ``size`` x ``size`` matrices, in GFLOP/s."""
-    g = torch.Generator().manual_seed(0)
-    a = torch.randn(size, size, generator=g)
-    b = torch.randn(size, size, generator=g)
-    out = torch.empty(size, size)
-    torch.matmul(a, b, out=out)  # warm-up
-    best = 0.0
-    for _ in range(tries):
-        t0 = time.perf_counter()
-        torch.matmul(a, b, out=out)
-        best = max(best, 2 * size ** 3 / (time.perf_counter() - t0) / 1e9)
-    return best
-
-
-# ----------------------------------------------------------------- main
+GTSRB_BATCH_SIZE = 128
+GTSRB_OPTIONS = {"convs_per_block": 1, "width": 32}
+MODEL_KEYS = ("badnet-mnist", "small-cnn")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", default="../shared/data", help="folder holding mnist/ (IDX .gz files)")
-    p.add_argument("--images", type=int, default=None, help="training images per timed epoch (default 32768; quick 1024)")
-    p.add_argument("--repeats", type=int, default=None, help="timed epochs per pipeline (default 5; quick 1)")
+    p.add_argument("--data-dir", default="../shared/data", help="folder holding mnist/ and gtsrb/")
+    p.add_argument("--models", default=",".join(MODEL_KEYS), help=f"comma-separated subset of {', '.join(MODEL_KEYS)}")
+    p.add_argument("--images", type=int, default=None, help="MNIST images per timed epoch (default 16384; quick 1024)")
+    p.add_argument("--gtsrb-images", type=int, default=None, help="GTSRB images per timed epoch (default 8192; quick 512)")
+    p.add_argument("--repeats", type=int, default=None, help="timed epochs per pipeline (default 3; quick 1)")
     p.add_argument("--batch-size", type=int, default=RECOMMENDED_BATCH_SIZE,
-                   help=f"batch size for both pipelines (default {RECOMMENDED_BATCH_SIZE}, as in the MNIST examples)")
+                   help=f"MNIST batch size (default {RECOMMENDED_BATCH_SIZE}, as in the MNIST examples)")
+    p.add_argument("--gtsrb-batch-size", type=int, default=GTSRB_BATCH_SIZE,
+                   help=f"GTSRB batch size (default {GTSRB_BATCH_SIZE}, as in the GTSRB examples)")
     p.add_argument("--matmul-size", type=int, default=None, help="square matmul side for the roofline (default 2048)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
@@ -314,12 +93,58 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="where to write the results as JSON ('' or '-' to skip writing)")
     args = p.parse_args(argv)
     q = args.quick
-    args.images = args.images if args.images is not None else (1024 if q else 32768)
-    args.repeats = args.repeats if args.repeats is not None else (1 if q else 5)
+    args.images = args.images if args.images is not None else (1024 if q else 16384)
+    args.gtsrb_images = args.gtsrb_images if args.gtsrb_images is not None else (512 if q else 8192)
+    args.repeats = args.repeats if args.repeats is not None else (1 if q else 3)
     args.matmul_size = args.matmul_size if args.matmul_size is not None else (1024 if q else 2048)
-    if args.images < 1 or args.repeats < 1 or args.batch_size < 1 or args.matmul_size < 16:
-        p.error("--images, --repeats, --batch-size must be >= 1 and --matmul-size >= 16")
+    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if not args.models or any(m not in MODEL_KEYS for m in args.models):
+        p.error(f"--models must name some of {', '.join(MODEL_KEYS)}")
+    if min(args.images, args.gtsrb_images, args.repeats, args.batch_size, args.gtsrb_batch_size) < 1 \
+            or args.matmul_size < 16:
+        p.error("--images, --gtsrb-images, --repeats and the batch sizes must be >= 1 and --matmul-size >= 16")
     return args
+
+
+def build_cases(args: argparse.Namespace) -> list[ModelCase]:
+    """The models, their data (timed + warm-up sets) and their training settings."""
+    warm_base = 256 if args.quick else 1024
+    cases = []
+    for key in args.models:
+        if key == "badnet-mnist":
+            cfg = TrainConfig(epochs=1, batch_size=args.batch_size)
+            case = ModelCase(key, "badnet-mnist", (1, 28, 28), MNIST_CLASSES, {}, cfg, args.seed)
+            n = args.images
+            warm = warmup_size(n, cfg.batch_size, warm_base)
+            images, labels, case.data = load_mnist_uint8(args.data_dir, n + warm, args.seed)
+            if len(labels) < n + warm:
+                raise SystemExit(f"only {len(labels)} MNIST images available; lower --images")
+            x = torch.from_numpy(images).to(torch.float32).div_(255).unsqueeze(1)  # exactly what the loader yields
+            case.set_data(x, torch.from_numpy(labels).to(torch.int64), n, [str(i) for i in range(MNIST_CLASSES)])
+            case.per_sample = {"timed": PerSampleMNIST(images[:n], labels[:n]),
+                               "warm": PerSampleMNIST(images[n:], labels[n:])}
+        else:
+            cfg = TrainConfig(epochs=1, batch_size=args.gtsrb_batch_size, lr=0.05, momentum=0.9, weight_decay=0.0005)
+            case = ModelCase(key, "small-cnn", (3, 32, 32), GTSRB_CLASSES, dict(GTSRB_OPTIONS), cfg, args.seed)
+            n = args.gtsrb_images
+            warm = warmup_size(n, cfg.batch_size, warm_base)
+            x, y, case.data = load_gtsrb_float(args.data_dir, n + warm, args.seed)
+            case.set_data(x, y, n, [str(i) for i in range(GTSRB_CLASSES)])
+        if has_batchnorm(case.fresh_model()) and 1 in (n % cfg.batch_size, warm % cfg.batch_size):
+            raise SystemExit(f"{key} has batch norm: an epoch of {n} (warm-up {warm}) images in batches of "
+                             f"{cfg.batch_size} would end with a batch of 1; change the image count")
+        cases.append(case)
+    return cases
+
+
+def all_pipelines(case: ModelCase) -> list[str]:
+    """Every pipeline of the model, run or skipped (the DataLoader loop needs per-sample uint8 images)."""
+    return ["poisonlab", "art", "plain"] + (["dataloader"] if case.per_sample else [])
+
+
+def pipelines_for(case: ModelCase) -> list[str]:
+    """The pipelines that run: all but ART when ART is not importable."""
+    return [n for n in all_pipelines(case) if n != "art" or ART_VERSION is not None]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -330,89 +155,94 @@ def main(argv: list[str] | None = None) -> dict:
     load_before = load_average()
     snap_before = cpu_snapshot()
     t_start = time.perf_counter()
+    if ART_VERSION is None:
+        print(f"NOTE: {ART_NOTE}; the ART pipeline is SKIPPED.", flush=True)
 
-    warm_n = min(args.images, max(4 * args.batch_size, 1024 if not args.quick else 256))
-    images, labels, source = load_mnist_uint8(args.data_dir, args.images + warm_n, args.seed)
-    if len(labels) < args.images + warm_n:
-        raise SystemExit(f"only {len(labels)} images available; lower --images")
-    x_float = torch.from_numpy(images).to(torch.float32).div_(255).unsqueeze(1)  # exactly what the loader yields
-    y_long = torch.from_numpy(labels)
-    pl_train = PLDataset(x_float[:args.images], y_long[:args.images], [str(i) for i in range(NUM_CLASSES)])
-    pl_warm = PLDataset(x_float[args.images:], y_long[args.images:], [str(i) for i in range(NUM_CLASSES)])
-    ds_train = PerSampleMNIST(images[:args.images], labels[:args.images])
-    ds_warm = PerSampleMNIST(images[args.images:], labels[args.images:])
-    cfg = TrainConfig(epochs=1, batch_size=args.batch_size)
+    cases = build_cases(args)
+    pipes = {c.key: pipelines_for(c) for c in cases}
+    flops = {}
+    for c in cases:
+        macs = count_forward_macs(c.fresh_model(), c.shape)
+        flops[c.key] = (macs, sum(macs.values()), training_flops_per_image(sum(macs.values())))
+        print(f"{c.key}: {c.data}; {len(c.tensors['timed'][1])} timed images/epoch, "
+              f"{len(c.tensors['warm'][1])} warm-up images, batch {c.cfg.batch_size}; pipelines "
+              f"{', '.join(pipes[c.key])}", flush=True)
+    print(f"{args.repeats} repeat(s), {torch.get_num_threads()} thread(s)", flush=True)
 
-    macs = count_forward_macs(fresh_model(args.seed), SHAPE)
-    fwd_macs = sum(macs.values())
-    flops_img = training_flops_per_image(fwd_macs)
-
-    print(f"data: {source}; {args.images} timed images/epoch, {warm_n} warm-up images, "
-          f"batch {args.batch_size}, {args.repeats} repeat(s), {torch.get_num_threads()} thread(s)", flush=True)
     # warm-up: allocator, oneDNN primitive caches, the matmul kernels
-    run_poisonlab(pl_warm, cfg, args.seed)
-    run_dataloader(ds_warm, cfg, args.seed)
+    for c in cases:
+        for p in pipes[c.key]:
+            RUNNERS[p](c, "warm")
     matmul_gflops(args.matmul_size, 1)
 
-    pl_rates: list[float] = []
-    dl_rates: list[float] = []
+    rates: dict[str, dict[str, list[float]]] = {c.key: {p: [] for p in pipes[c.key]} for c in cases}
     mm_rates: list[float] = []
     mm_tries = 3 if args.quick else 5
     for r in range(args.repeats):
-        order = ("pl", "dl") if r % 2 == 0 else ("dl", "pl")
-        for which in order:
-            if which == "pl":
-                pl_rates.append(run_poisonlab(pl_train, cfg, args.seed))
-            else:
-                dl_rates.append(run_dataloader(ds_train, cfg, args.seed))
+        for c in rotated(cases, r):
+            for p in rotated(pipes[c.key], r):
+                rates[c.key][p].append(RUNNERS[p](c, "timed"))
         mm_rates.append(matmul_gflops(args.matmul_size, mm_tries))
-        print(f"  repeat {r + 1}/{args.repeats}: poisonlab {pl_rates[-1]:,.0f} img/s, "
-              f"DataLoader {dl_rates[-1]:,.0f} img/s, matmul {mm_rates[-1]:,.1f} GFLOP/s", flush=True)
+        line = "; ".join(f"{c.key} " + ", ".join(f"{p} {rates[c.key][p][-1]:,.0f}" for p in pipes[c.key])
+                         for c in cases)
+        print(f"  repeat {r + 1}/{args.repeats} (img/s): {line}; matmul {mm_rates[-1]:,.1f} GFLOP/s", flush=True)
 
-    pl, dl = summarize(pl_rates), summarize(dl_rates)
     gflops = max(mm_rates)
-    roof = roofline_images_per_second(gflops, flops_img)
-    ratio_dl = pl["best"] / dl["best"]
-    ratio_roof = pl["best"] / roof
-    # even a trainer running at the roofline could not beat the DataLoader loop by more than this
-    max_ratio_dl = roof / dl["best"]
-    load_after = load_average()
-    contention = others_cpu_share(snap_before, cpu_snapshot(), os.cpu_count() or 1)
-    result = {
-        "model": MODEL,
-        "data": source,
-        "images_per_epoch": args.images,
-        "batch_size": args.batch_size,
-        "repeats": args.repeats,
-        "quick": args.quick,
-        "poisonlab_img_s": pl,
-        "dataloader_img_s": dl,
-        "matmul_gflops": gflops,
-        "matmul_gflops_samples": mm_rates,
-        "matmul_size": args.matmul_size,
-        "forward_macs_per_image": fwd_macs,
-        "forward_macs_by_layer": macs,
-        "train_flops_per_image": flops_img,
+    models = {}
+    for c in cases:
+        macs, fwd, flops_img = flops[c.key]
+        summaries = {p: summarize(rates[c.key][p]) for p in pipes[c.key]}
+        all_rates = {p: summaries.get(p) for p in all_pipelines(c)}
+        roof = roofline_images_per_second(gflops, flops_img)
+        models[c.key] = {
+            "model": c.name, "options": c.options, "input_shape": list(c.shape), "num_classes": c.num_classes,
+            "data": c.data, "images_per_epoch": len(c.tensors["timed"][1]),
+            "warmup_images": len(c.tensors["warm"][1]), "batch_size": c.cfg.batch_size,
+            "optimizer": {"name": "sgd", "lr": c.cfg.lr, "momentum": c.cfg.momentum, "nesterov": c.cfg.momentum > 0,
+                          "weight_decay": c.cfg.weight_decay, "foreach": True},
+            "img_s": all_rates,
+            "skipped": {p: ART_NOTE for p, s in all_rates.items() if s is None},
+            "forward_macs_per_image": fwd, "forward_macs_by_layer": macs, "train_flops_per_image": flops_img,
+            "roofline_img_s": roof,
+            "ratios": model_ratios(all_rates, roof, TARGETS),
+        }
+    result: dict = {}
+    if MODEL in models:  # the keys bench/last_throughput.json had before issue 12 (MNIST)
+        m = models[MODEL]
+        rt = m["ratios"]
+        result.update({
+            "model": MODEL, "data": m["data"], "images_per_epoch": m["images_per_epoch"],
+            "batch_size": m["batch_size"], "repeats": args.repeats, "quick": args.quick,
+            "poisonlab_img_s": m["img_s"]["poisonlab"], "dataloader_img_s": m["img_s"]["dataloader"],
+            "matmul_gflops": gflops, "matmul_gflops_samples": mm_rates, "matmul_size": args.matmul_size,
+            "forward_macs_per_image": m["forward_macs_per_image"], "forward_macs_by_layer": m["forward_macs_by_layer"],
+            "train_flops_per_image": m["train_flops_per_image"],
+            "roofline_img_s": m["roofline_img_s"],
+            "ratio_vs_dataloader": rt["vs_dataloader"]["best"],
+            "ratio_vs_dataloader_median": rt["vs_dataloader"]["median"],
+            "ratio_vs_dataloader_if_at_roofline": rt["roofline_vs_dataloader"]["best"],
+            "ratio_vs_roofline": rt["vs_roofline"]["best"],
+            "ratio_vs_roofline_median": rt["vs_roofline"]["median"],
+            "target_vs_dataloader": TARGET_VS_DATALOADER, "target_vs_roofline": TARGET_VS_ROOFLINE,
+            "verdict_vs_dataloader": rt["vs_dataloader"]["verdict"], "verdict_vs_roofline": rt["vs_roofline"]["verdict"],
+        })
+    verdicts = {f"{k}.{name}": e["verdict"] for k, m in models.items() for name, e in m["ratios"].items()
+                if name in ("vs_art", "vs_roofline")}
+    result.update({
+        "repeats": args.repeats, "quick": args.quick,
+        "matmul_gflops": gflops, "matmul_gflops_samples": mm_rates, "matmul_size": args.matmul_size,
         "train_flops_rule": "training FLOPs = 3 x forward FLOPs; forward FLOPs = 2 x multiply-adds of Conv2d/Linear",
-        "roofline_img_s": roof,
-        "ratio_vs_dataloader": ratio_dl,
-        "ratio_vs_dataloader_median": pl["median"] / dl["median"],
-        "ratio_vs_dataloader_if_at_roofline": max_ratio_dl,
-        "ratio_vs_roofline": ratio_roof,
-        "ratio_vs_roofline_median": pl["median"] / roof,
-        "target_vs_dataloader": TARGET_VS_DATALOADER,
-        "target_vs_roofline": TARGET_VS_ROOFLINE,
-        "verdict_vs_dataloader": verdict(ratio_dl, TARGET_VS_DATALOADER),
-        "verdict_vs_roofline": verdict(ratio_roof, TARGET_VS_ROOFLINE),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "cpu": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "load_average_1min": [load_before, load_after],
-        "cpu_share_taken_by_others": contention,
+        "targets": TARGETS,
+        "verdicts": verdicts,
+        "all_targets_met": all(v == "PASS" for v in verdicts.values()),
+        "art": {"available": ART_VERSION is not None, "version": ART_VERSION, "note": ART_NOTE},
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(), "load_average_1min": [load_before, load_average()],
+        "cpu_share_taken_by_others": others_cpu_share(snap_before, cpu_snapshot(), os.cpu_count() or 1),
         "seconds": time.perf_counter() - t_start,
-    }
-    print_table(result)
+        "models": models,
+    })
+    print_tables(result)
     text = json.dumps(result, indent=2)
     print(text)
     if args.json not in ("", "-"):
@@ -422,39 +252,54 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
-def print_table(r: dict) -> None:
-    pl, dl = r["poisonlab_img_s"], r["dataloader_img_s"]
-    rows = [
-        ("(1) poisonlab train_model", f"{pl['best']:,.0f} img/s", f"median {pl['median']:,.0f}"),
-        ("(2) Dataset+DataLoader loop", f"{dl['best']:,.0f} img/s", f"median {dl['median']:,.0f}"),
-        ("(3) roofline", f"{r['roofline_img_s']:,.0f} img/s",
-         f"{r['matmul_gflops']:.1f} GFLOP/s / {r['train_flops_per_image'] / 1e6:.2f} MFLOP"),
-        ("ratio (1)/(2)", f"{r['ratio_vs_dataloader']:.2f}x",
-         f"target >= {r['target_vs_dataloader']}x: {r['verdict_vs_dataloader']} (median {r['ratio_vs_dataloader_median']:.2f}x)"),
-        ("ratio roofline/(2)", f"{r['ratio_vs_dataloader_if_at_roofline']:.2f}x",
-         "the most (1)/(2) could be if (1) ran at the roofline"),
-        ("ratio (1)/roofline", f"{100 * r['ratio_vs_roofline']:.1f}%",
-         f"target >= {100 * r['target_vs_roofline']:.0f}%: {r['verdict_vs_roofline']} "
-         f"(median {100 * r['ratio_vs_roofline_median']:.1f}%)"),
-        ("matmul fp32", f"{r['matmul_gflops']:.1f} GFLOP/s", f"{r['matmul_size']}x{r['matmul_size']}, best of all tries"),
-        ("FLOPs / training image", f"{r['train_flops_per_image'] / 1e6:.2f} MFLOP",
-         f"= 3 x forward ({2 * r['forward_macs_per_image'] / 1e6:.2f} MFLOP = 2 x {r['forward_macs_per_image']:,} MACs)"),
-        ("torch / threads", f"{r['torch']}", f"{r['threads']} thread(s), {r['cpu_count']} CPU(s)"),
-        ("CPU", r["cpu"], ""),
-    ]
-    w0 = max(len(a) for a, _, _ in rows)
-    w1 = max(len(b) for _, b, _ in rows)
+def _ratio_cell(e: dict, percent: bool = False) -> tuple[str, str]:
+    if e["best"] is None:
+        return "n/a", "SKIPPED (ART not installed)"
+    fmt = (lambda v: f"{100 * v:.1f}%") if percent else (lambda v: f"{v:.2f}x")
+    tail = f"median {fmt(e['median'])}"
+    if e.get("target") is not None:
+        tail = f"target >= {fmt(e['target'])}: {e['verdict']} ({tail})"
+    return fmt(e["best"]), tail
+
+
+def print_tables(r: dict) -> None:
+    for key, m in r["models"].items():
+        rows = []
+        for p, s in m["img_s"].items():
+            rows.append((LABELS[p], "skipped" if s is None else f"{s['best']:,.0f} img/s",
+                         "" if s is None else f"median {s['median']:,.0f}"))
+        rows.append(("roofline", f"{m['roofline_img_s']:,.0f} img/s",
+                     f"{r['matmul_gflops']:.1f} GFLOP/s / {m['train_flops_per_image'] / 1e6:.2f} MFLOP"))
+        for name, e in m["ratios"].items():
+            if name.startswith("roofline_vs_"):
+                other = name[len("roofline_vs_"):]
+                if e["best"] is not None:
+                    rows.append((f"roofline / {other}", f"{e['best']:.2f}x", f"the most poisonlab / {other} could be"))
+                continue
+            rows.append((f"poisonlab / {name[3:]}", *_ratio_cell(e, percent=name == "vs_roofline")))
+        rows.append(("FLOPs / training image", f"{m['train_flops_per_image'] / 1e6:.2f} MFLOP",
+                     f"= 3 x forward ({2 * m['forward_macs_per_image'] / 1e6:.2f} MFLOP = 2 x "
+                     f"{m['forward_macs_per_image']:,} MACs)"))
+        w0 = max(len(a) for a, _, _ in rows)
+        w1 = max(len(b) for _, b, _ in rows)
+        opts = f" {m['options']}" if m["options"] else ""
+        print()
+        print(f"{key}{opts}: {m['data']}")
+        print(f"  batch {m['batch_size']}, {m['images_per_epoch']} images/epoch, best of {r['repeats']}")
+        for a, b, c in rows:
+            print(f"  {a:<{w0}}  {b:>{w1}}  {c}")
     print()
-    print(f"BadNets CNN on MNIST, batch {r['batch_size']}, {r['images_per_epoch']} images/epoch, "
-          f"best of {r['repeats']} (training FLOPs = 3 x forward FLOPs)")
-    for a, b, c in rows:
-        print(f"  {a:<{w0}}  {b:>{w1}}  {c}")
+    print(f"matmul fp32 {r['matmul_gflops']:.1f} GFLOP/s ({r['matmul_size']}x{r['matmul_size']}, best of all tries); "
+          f"torch {r['torch']}, {r['threads']} thread(s), {r['cpu_count']} CPU(s), {r['cpu']}; "
+          f"ART: {r['art']['note']}")
+    print("verdicts: " + ", ".join(f"{k} {v}" for k, v in r["verdicts"].items()))
     c = r["cpu_share_taken_by_others"]
     if c is not None:
-        print(f"  other processes used {100 * c['others']:.0f}% of the CPU time during the run"
+        print(f"other processes used {100 * c['others']:.0f}% of the CPU time during the run"
               f" (hypervisor steal {100 * c['steal']:.0f}%)")
         if c["others"] + c["steal"] > 0.10:
-            print("  WARNING: the machine was shared during the run; numbers are noisy, rerun on an idle machine")
+            print("WARNING: the machine was shared during the run; numbers are noisy, rerun on an idle machine")
+    print(f"{r['seconds']:.0f} s in all")
     print()
 
 

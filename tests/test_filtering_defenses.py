@@ -218,10 +218,13 @@ def test_activation_clustering_small_and_constant_classes_and_dims():
 
 def test_activation_clustering_is_deterministic():
     x, y, _ = blob_data(4)
-    a = activation_clustering(x, y, seed=7)
-    b = activation_clustering(x.copy(), y.copy(), seed=7)
+    a = activation_clustering(x, y, seed=7, rule="silhouette")
+    b = activation_clustering(x.copy(), y.copy(), seed=7, rule="silhouette")
     assert np.array_equal(a.remove, b.remove) and np.array_equal(a.details["cluster"], b.details["cluster"])
     assert a.details["classes"][1]["silhouette"] == b.details["classes"][1]["silhouette"]
+    # the silhouette is computed only where a rule reads it; the clusters do not depend on the rule
+    c = activation_clustering(x, y, seed=7, rule="size")
+    assert np.isnan(c.details["classes"][1]["silhouette"]) and np.array_equal(c.details["cluster"], a.details["cluster"])
 
 
 def test_activation_clustering_errors():

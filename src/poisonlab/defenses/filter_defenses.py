@@ -158,20 +158,44 @@ def removal_report(remove: np.ndarray, ctx: DefenseInputs) -> dict[str, Any]:
     return out
 
 
+def model_state_token(model: torch.nn.Module) -> tuple:
+    """What identifies a model's current function: the object, every parameter's and buffer's
+    storage and in-place version counter, and the forward hooks attached to its modules (a
+    pruning mask is a hook). Any change to weights, buffers or hooks gives a new token."""
+    tensors = tuple((t.data_ptr(), t._version) for t in (*model.parameters(), *model.buffers()))
+    hooks = tuple(tuple(m._forward_hooks) + tuple(m._forward_pre_hooks) for m in model.modules())
+    return id(model), tensors, hooks
+
+
+def shared_representations(ctx: DefenseInputs, model: torch.nn.Module, data: Any, layer: str | None,
+                           batch_size: int) -> np.ndarray:
+    """:func:`~poisonlab.defenses.filtering.representations` of ``data``'s rows by ``model`` (a
+    copy of ``ctx.model``), computed once per victim for every defense that reads the same
+    layer (Spectral Signatures and both Activation Clustering variants of a run share one
+    pass). The key holds the suspect model's state token, the data tensor's identity and
+    version, the layer and the batch size, so a changed model or data set is a miss. The
+    array is shared: defenses read it, never write it."""
+    key = ("representations", model_state_token(ctx.model), id(data.x), data.x._version, data.x.data_ptr(),
+           layer, batch_size)
+    if key not in ctx.cache:
+        ctx.cache[key] = representations(model, data.x, layer, batch_size)
+    return ctx.cache[key]
+
+
 def _filter(ctx: DefenseInputs, layer: str | None, batch_size: int, decide: Decide, name: str,
             needs_val: bool, check: Callable[[FilterResult, str], None] | None = None) -> DefenseOutcome:
     if ctx.model is None or ctx.train is None or ctx.retrain is None:
         raise PoisonlabError(f"defense '{name}' filters the training set: it needs the suspect model, the training "
                              f"set and a way to retrain the victim")
     model = copy.deepcopy(ctx.model)  # the suspect model is untouched
-    reprs = representations(model.eval(), ctx.train.x, layer, batch_size)
+    reprs = shared_representations(ctx, model.eval(), ctx.train, layer, batch_size)
     labels = ctx.train.y.numpy()
     val_reprs = val_labels = None
     if needs_val:
         if ctx.val is None or len(ctx.val) == 0:
             raise PoisonlabError(f"defense '{name}' with rule 'validation' reads the clean validation split; "
                                  f"set data.val_fraction > 0")
-        val_reprs = representations(model, ctx.val.x, layer, batch_size)
+        val_reprs = shared_representations(ctx, model, ctx.val, layer, batch_size)
         val_labels = ctx.val.y.numpy()
     result = decide(reprs, labels, val_reprs, val_labels)
     if check is not None:

@@ -90,7 +90,7 @@ def check_representations(reprs: Any, labels: Any) -> tuple[np.ndarray, np.ndarr
                              f"flatten them first (e.g. with representations())")
     if x.dtype.kind not in "iufb":
         raise PoisonlabError(f"representations must be numeric, got dtype {x.dtype}")
-    x = x.astype(np.float64)
+    x = x.astype(np.float64, copy=False)  # the callers never write into it
     y = _int_labels(labels)
     if len(x) != len(y):
         raise PoisonlabError(f"representations have {len(x)} rows but labels have {len(y)}; pass one label per row")

@@ -86,6 +86,10 @@ class DefenseInputs:
     """The attack's triggered test set (report only)."""
     seed: int = 0
     device: torch.device | str = "cpu"
+    cache: dict[Any, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+    """What defenses of this victim share (the representations of its training and validation
+    rows, :func:`~poisonlab.defenses.filter_defenses.shared_representations`), each entry keyed
+    by what determines it."""
 
     def with_model(self, model: nn.Module | None, **changes: Any) -> DefenseInputs:
         """A copy with ``model`` (and any other field in ``changes``) replaced."""
