@@ -15,7 +15,7 @@ DATA ?= ../shared/data
 help:
 	@echo "make demo   - create $(VENV), install, run BadNets on the embedded digits data"
 	@echo "make test   - create $(VENV), install, run the test suite"
-	@echo "make bench  - trainer throughput vs ART, a plain loop, DataLoader, roofline (MNIST CNN, GTSRB small-cnn); pruning-curve cache speed-up"
+	@echo "make bench  - trainer throughput vs ART, a plain loop, DataLoader, roofline (MNIST CNN, GTSRB small-cnn); filtering defenses vs ART; cost vs rows and width; pruning-curve cache speed-up"
 	@echo "variables: PYTHON=$(PYTHON) TORCH_VERSION=$(TORCH_VERSION) DATA=$(DATA)"
 
 $(STAMP): pyproject.toml
@@ -42,6 +42,8 @@ test: $(STAMP)
 
 bench: $(BENCH_STAMP)
 	$(BIN)/python bench/throughput.py --data-dir $(DATA)
+	$(BIN)/python bench/filter_speed.py --data-dir $(DATA)
+	$(BIN)/python bench/scaling.py --data-dir $(DATA)
 	$(BIN)/python bench/pruning_curve.py
 
 clean:

@@ -302,18 +302,21 @@ def plot_confusion(path: Path, matrices: dict[str, np.ndarray], classes: Sequenc
 
 
 def plot_training_curves(path: Path, histories: dict[str, list[dict[str, float]]]) -> None:
-    """Loss and validation accuracy per epoch for each trained model."""
+    """Loss and training accuracy per epoch for each trained model, with its validation accuracy
+    at the epochs where it was measured (every epoch under ``select: best-val``, else the last)."""
     plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.2))
     for name, hist in histories.items():
         epochs = [h["epoch"] for h in hist]
         ax1.plot(epochs, [h["loss"] for h in hist], marker=".", label=name)
-        if hist and "val_acc" in hist[0]:
-            ax2.plot(epochs, [h["val_acc"] for h in hist], marker=".", label=name)
+        line, = ax2.plot(epochs, [h["train_acc"] for h in hist], marker=".", label=f"{name} (train)")
+        val = [(h["epoch"], h["val_acc"]) for h in hist if "val_acc" in h]
+        if val:
+            ax2.plot(*zip(*val), marker="o", linestyle=":", color=line.get_color(), label=f"{name} (validation)")
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("training loss")
     ax2.set_xlabel("epoch")
-    ax2.set_ylabel("validation accuracy")
+    ax2.set_ylabel("accuracy")
     ax1.legend()
     ax2.legend()
     fig.tight_layout()

@@ -37,7 +37,7 @@ from .. import progress
 from ..data.base import Dataset, as_image_batch
 from ..errors import PoisonlabError, shown
 
-__all__ = ["MAD_CONSTANT", "NeuralCleanseResult", "anomaly_indices", "neural_cleanse", "reverse_engineer_trigger"]
+__all__ = ["MAD_CONSTANT", "NeuralCleanseResult", "anomaly_indices", "neural_cleanse", "reverse_engineer_trigger", "reverse_engineer_triggers"]
 
 MAD_CONSTANT = 1.4826
 """Consistency constant making the MAD an estimator of the standard deviation (normal data)."""
@@ -77,44 +77,82 @@ def reverse_engineer_trigger(model: nn.Module, x_clean: torch.Tensor | Dataset, 
     rate is the fraction of all of ``x_clean`` classified as ``target`` with the final trigger
     (images already of class ``target`` count too).
     """
+    masks, patterns, success = reverse_engineer_triggers(model, x_clean, [target], steps, lr, lam, seed, batch_size,
+                                                         device, None if on_step is None else lambda k: on_step())
+    return masks[0], patterns[0], success[0]
+
+
+MAX_ROWS_PER_PASS = 1024
+"""Labels are optimised together, as many as fit ``MAX_ROWS_PER_PASS`` images per forward pass."""
+
+
+def reverse_engineer_triggers(model: nn.Module, x_clean: torch.Tensor | Dataset, targets: list[int], steps: int = 300,
+                              lr: float = 0.1, lam: float = 0.01, seed: int = 0, batch_size: int = 64,
+                              device: torch.device | str = "cpu", on_step: Callable[[int], None] | None = None
+                              ) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+    """:func:`reverse_engineer_trigger` for every label of ``targets``, several labels per
+    forward pass: each step draws one mini-batch (the same draws for every label, as each label
+    starts from the same seeded mask and pattern) and stacks it once per label, so a step costs
+    one larger pass instead of one small pass per label. Each label's loss, gradient and Adam
+    update are its own (the labels' losses are summed; their parameters do not overlap).
+    ``on_step(k)`` is called after each step with the number of labels it advanced."""
     xs = _images(x_clean, "x_clean")
     _check_params(steps, lr, lam, batch_size, seed)
-    if isinstance(target, bool) or not isinstance(target, (int, np.integer)) or target < 0:
-        raise PoisonlabError(f"Neural Cleanse target must be a class index >= 0, got {shown(target)}")
-    device = torch.device(device)
+    for target in targets:
+        if isinstance(target, bool) or not isinstance(target, (int, np.integer)) or target < 0:
+            raise PoisonlabError(f"Neural Cleanse target must be a class index >= 0, got {shown(target)}")
+    rows = min(batch_size, len(xs))
+    per_pass = max(1, MAX_ROWS_PER_PASS // rows)
+    masks, patterns, success = [], [], []
+    for start in range(0, len(targets), per_pass):
+        m, p, s = _reverse_group(model, xs, [int(t) for t in targets[start:start + per_pass]], steps, lr, lam, seed,
+                                 rows, torch.device(device), on_step)
+        masks.append(m)
+        patterns.append(p)
+        success += s
+    return torch.cat(masks), torch.cat(patterns), success
+
+
+def _reverse_group(model: nn.Module, xs: torch.Tensor, targets: list[int], steps: int, lr: float, lam: float,
+                   seed: int, rows: int, device: torch.device, on_step: Callable[[int], None] | None
+                   ) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+    k = len(targets)
     _, c, h, w = xs.shape
     torch_seed = int(np.random.default_rng([seed, _STREAM_TAG]).integers(2**62))
     gen = torch.Generator().manual_seed(torch_seed)
-    mask_raw = torch.randn(h, w, generator=gen).to(device).requires_grad_(True)
-    pattern_raw = torch.randn(c, h, w, generator=gen).to(device).requires_grad_(True)
+    mask0, pattern0 = torch.randn(h, w, generator=gen), torch.randn(c, h, w, generator=gen)
+    mask_raw = mask0.expand(k, h, w).clone().to(device).requires_grad_(True)
+    pattern_raw = pattern0.expand(k, c, h, w).clone().to(device).requires_grad_(True)
     opt = torch.optim.Adam([mask_raw, pattern_raw], lr=lr)
-    labels = torch.full((min(batch_size, len(xs)),), int(target), dtype=torch.int64, device=device)
+    labels = torch.tensor(targets, dtype=torch.int64, device=device).repeat_interleave(rows)
     was_training = model.training
     model.eval()
     try:
         for step in range(int(steps)):
-            idx = torch.randint(0, len(xs), (len(labels),), generator=gen)
+            idx = torch.randint(0, len(xs), (rows,), generator=gen)
             xb = xs[idx].to(device, torch.float32)
-            mask, pattern = torch.sigmoid(mask_raw), torch.sigmoid(pattern_raw)
-            logits = model((1 - mask) * xb + mask * pattern)
-            if step == 0 and int(target) >= logits.shape[1]:
-                raise PoisonlabError(f"Neural Cleanse target {target} is out of range; the model has "
+            mask, pattern = torch.sigmoid(mask_raw)[:, None, None], torch.sigmoid(pattern_raw)[:, None]
+            logits = model(((1 - mask) * xb + mask * pattern).reshape(k * rows, c, h, w))
+            if step == 0 and max(targets) >= logits.shape[1]:
+                raise PoisonlabError(f"Neural Cleanse target {max(targets)} is out of range; the model has "
                                      f"{logits.shape[1]} classes (0..{logits.shape[1] - 1})")
-            loss = F.cross_entropy(logits, labels) + lam * mask.sum()
+            per_label = F.cross_entropy(logits, labels, reduction="none").view(k, rows).mean(1)
+            loss = (per_label + lam * mask.sum((1, 2, 3, 4))).sum()
             grads = torch.autograd.grad(loss, [mask_raw, pattern_raw])  # the model's weights get no .grad
             mask_raw.grad, pattern_raw.grad = grads
             opt.step()
             if on_step is not None:
-                on_step()
+                on_step(k)
         with torch.no_grad():
             mask, pattern = torch.sigmoid(mask_raw), torch.sigmoid(pattern_raw)
-            hits = 0
+            hits = [0] * k
             for start in range(0, len(xs), 2048):
                 xb = xs[start:start + 2048].to(device, torch.float32)
-                hits += int((model((1 - mask) * xb + mask * pattern).argmax(1) == int(target)).sum())
+                for j, t in enumerate(targets):
+                    hits[j] += int((model((1 - mask[j]) * xb + mask[j] * pattern[j]).argmax(1) == t).sum())
     finally:
         model.train(was_training)
-    return mask.detach().cpu(), pattern.detach().cpu(), hits / len(xs)
+    return mask.detach().cpu(), pattern.detach().cpu(), [hit / len(xs) for hit in hits]
 
 
 def anomaly_indices(norms: np.ndarray | torch.Tensor | list[float]) -> np.ndarray:
@@ -166,21 +204,14 @@ def neural_cleanse(model: nn.Module, x_clean: torch.Tensor | Dataset, num_classe
     _check_params(steps, lr, lam, batch_size, seed)
     if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
         raise PoisonlabError(f"Neural Cleanse needs num_classes >= 2 to compare labels, got {shown(num_classes)}")
-    masks, patterns, success = [], [], []
     n = int(num_classes)
     # one bar over labels x steps, on a terminal only (poisonlab.progress; off with --quiet)
     with progress.bar("Neural Cleanse", n * int(steps), unit="step") as bar:
-        for t in range(n):
-            bar.describe(f"Neural Cleanse, label {t + 1}/{n}")
-            m, p, s = reverse_engineer_trigger(model, xs, t, steps, lr, lam, seed, batch_size, device,
-                                               on_step=bar.advance)
-            masks.append(m)
-            patterns.append(p)
-            success.append(s)
-    mask_t = torch.stack(masks)
+        mask_t, pattern_t, success = reverse_engineer_triggers(model, xs, list(range(n)), steps, lr, lam, seed,
+                                                               batch_size, device, on_step=bar.advance)
     norms = mask_t.abs().sum((1, 2)).double().numpy()
     anomaly = anomaly_indices(norms)
     flagged = [int(t) for t in np.argsort(-anomaly, kind="stable") if anomaly[t] > ANOMALY_THRESHOLD]
-    return NeuralCleanseResult(norms, anomaly, flagged, mask_t, torch.stack(patterns), np.asarray(success),
+    return NeuralCleanseResult(norms, anomaly, flagged, mask_t, pattern_t, np.asarray(success),
                                ANOMALY_THRESHOLD, {"steps": int(steps), "lam": lam, "lr": lr, "seed": seed,
                                                    "batch_size": batch_size})

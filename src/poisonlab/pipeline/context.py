@@ -73,6 +73,8 @@ class Context:
     given: DataSplit | None = None
     """Data passed from Python instead of being loaded by name."""
     split: DataSplit | None = None
+    """The data as loaded; released once the splits are carved (``provenance`` keeps its digests)."""
+    provenance: dict[str, str] = field(default_factory=dict)
     train: Dataset | None = None
     val: Dataset | None = None
     test: Dataset | None = None
