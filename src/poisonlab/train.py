@@ -8,6 +8,9 @@ split carved from the *training* data (never the test set). Same seed, same weig
 from __future__ import annotations
 
 import copy
+import ctypes
+import os
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -116,6 +119,28 @@ def _lr_factor(cfg: TrainConfig, step: int, total_steps: int, steps_per_epoch: i
     if cfg.schedule == "step":
         return cfg.step_gamma ** ((step // steps_per_epoch) // cfg.step_every)
     return 1.0
+
+
+_HEAP_KEPT = False
+
+
+def keep_heap() -> None:
+    """On glibc (Linux), keep freed memory in the process instead of handing the top of the heap
+    back to the OS after every training step: with glibc's defaults the step's activation
+    buffers (about 10 MB each for the MNIST CNN at batch 256) are trimmed and faulted back in
+    each step, which made a run's first training 40% slower than its second. Sets
+    ``M_MMAP_THRESHOLD`` 64 MiB, ``M_TRIM_THRESHOLD`` 1 GiB and ``M_TOP_PAD`` 64 MiB once per
+    process; numbers are unchanged. ``POISONLAB_KEEP_HEAP=0`` leaves malloc alone."""
+    global _HEAP_KEPT
+    if _HEAP_KEPT or os.environ.get("POISONLAB_KEEP_HEAP", "1") == "0" or not sys.platform.startswith("linux"):
+        return
+    _HEAP_KEPT = True
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (e.g. musl): nothing to tune
+        return
+    for option, value in ((-3, 64 << 20), (-1, 1 << 30), (-2, 64 << 20)):  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, M_TOP_PAD
+        libc.mallopt(ctypes.c_int(option), ctypes.c_int(value))
 
 
 _INPLACE_AFTER = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.AvgPool2d)
@@ -239,6 +264,7 @@ def train_model(model: nn.Module, train: Dataset, cfg: TrainConfig, seed: int = 
     cfg.validate()
     if len(train) == 0:
         raise PoisonlabError("the training set is empty")
+    keep_heap()
     if cfg.select == "best-val" and (val is None or len(val) == 0):
         raise PoisonlabError("train.select 'best-val' needs a validation split; set data.val_fraction > 0")
     device = torch.device(device)

@@ -184,6 +184,7 @@ def representations(model: nn.Module, x: torch.Tensor | Dataset, layer: str | No
     name a layer of ``model`` (see :func:`poisonlab.models.layers.activations`). Rows are
     processed ``batch_size`` at a time by :func:`poisonlab.subpop.learners.representation`.
     """
+    from ..models.layers import activations
     from ..subpop.learners import last_hidden_layer, representation
 
     if isinstance(x, Dataset):
@@ -196,5 +197,8 @@ def representations(model: nn.Module, x: torch.Tensor | Dataset, layer: str | No
         raise PoisonlabError("no rows to compute representations of: x is empty")
     if layer == "auto":
         layer = last_hidden_layer(model)  # resolved once, not per batch
-    parts = [representation(model, x[i:i + batch_size], layer) for i in range(0, len(x), batch_size)]
-    return np.concatenate(parts)
+    if layer in (None, "input"):
+        return representation(model, x, layer)
+    # one pass, float32 batches gathered, one conversion to float64 at the end (the same values)
+    out = activations(model, x, [layer], batch_size)[layer]
+    return out.reshape(len(out), -1).double().numpy()
