@@ -289,6 +289,7 @@ def train_model(model: nn.Module, train: Dataset, cfg: TrainConfig, seed: int = 
     relus = _inplace_relus(model)
     for relu in relus:
         relu.inplace = True
+    model.train()
     try:
         with progress.bar(desc, steps_per_epoch * cfg.epochs * min(cfg.batch_size, n)) as bar:
             for epoch in range(cfg.epochs):
