@@ -100,6 +100,17 @@ def poison(ctx: Context) -> None:
     ctx.work, ctx.cell = cell_work(ctx), Cell(())
     cells.poison(ctx.work, ctx.cell)
     ctx.poison, ctx.evaluation = ctx.cell.poison, ctx.cell.evaluation
+    ctx.train = shared_rows(ctx.train, ctx.poison.dataset)
+
+
+def shared_rows(train: Any, poisoned: Any) -> Any:
+    """``train`` as a view of the first rows of ``poisoned`` when the attack only appended rows
+    (its first ``len(train)`` rows are ``train``'s, bit for bit): one copy of the training set
+    in memory instead of two (170 MB for MNIST). Otherwise ``train`` itself."""
+    n = len(train)
+    if len(poisoned) < n or not (torch.equal(poisoned.x[:n], train.x) and torch.equal(poisoned.y[:n], train.y)):
+        return train
+    return type(train)(poisoned.x[:n], poisoned.y[:n], list(train.classes), train.meta)
 
 
 def fit_victim(ctx: Context) -> None:
