@@ -63,7 +63,7 @@ def activations(
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():  # no autograd graph: half the time, the same values
+        with torch.no_grad():  # no autograd graph: the same values, no graph kept
             for start in range(0, len(x), batch_size):
                 model(x[start:start + batch_size].to(device))
     finally:
