@@ -158,5 +158,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return out
 
 
+def cli(argv: list[str] | None = None) -> int:
+    """:func:`main` with bad input (a missing data folder, a bad option) as one line and exit 2."""
+    from poisonlab.errors import PoisonlabError
+
+    try:
+        main(argv)
+    except PoisonlabError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

@@ -128,7 +128,7 @@ def keep_heap() -> None:
     """On glibc (Linux), keep freed memory in the process instead of handing the top of the heap
     back to the OS after every training step: with glibc's defaults the step's activation
     buffers (about 10 MB each for the MNIST CNN at batch 256) are trimmed and faulted back in
-    each step, which made a run's first training 40% slower than its second. Sets
+    each step, which made a run's first training much slower than its second. Sets
     ``M_MMAP_THRESHOLD`` 64 MiB, ``M_TRIM_THRESHOLD`` 1 GiB and ``M_TOP_PAD`` 64 MiB once per
     process; numbers are unchanged. ``POISONLAB_KEEP_HEAP=0`` leaves malloc alone."""
     global _HEAP_KEPT

@@ -55,7 +55,7 @@ def _solver(centred: np.ndarray) -> str:
     (rows > 2 x features): the same components as the SVD of the whole class up to rounding
     (the same clusters on the MNIST BadNets set), several times faster; ``svd`` otherwise.
     FastICA keeps its SVD whitening: when it does not converge, its output moves with any
-    rounding change (1,391 of 66,000 rows flagged differently with eigh whitening there)."""
+    rounding change (eigh whitening changed which MNIST rows it flagged)."""
     n, d = centred.shape
     return "eigh" if n > 2 * d else "svd"
 

@@ -1,0 +1,40 @@
+"""The pure parts of bench/filter_speed.py and bench/scaling.py, and the bench's one-line error."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH_DIR = Path(__file__).resolve().parents[1] / "bench"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH_DIR / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_removal_quality_and_art_mask_by_hand():
+    fs = _load("filter_speed")
+    poison = np.array([1, 1, 1, 0, 0, 0, 0, 0], bool)
+    remove = fs.art_mask([0, 1, 0, 0, 1, 1, 1, 1])  # ART: 1 = kept
+    assert remove.tolist() == [True, False, True, True, False, False, False, False]
+    assert fs.removal_quality(remove, poison) == {"recall": 2 / 3, "fpr": 1 / 5}
+
+
+def test_filter_speed_bad_data_dir_is_one_line(tmp_path, capsys):
+    fs = _load("filter_speed")
+    assert fs.cli(["--data-dir", str(tmp_path / "missing"), "--json", "-"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "missing" in err
+
+
+def test_linear_fit_deviations_by_hand():
+    sc = _load("scaling")
+    a, b, dev = sc.linear_fit([10, 20, 30, 40], [2.0, 3.0, 5.0, 6.0])
+    # least squares by hand: slope 0.14, intercept 0.5; fitted 1.9, 3.3, 4.7, 6.1
+    assert a == pytest.approx(0.5) and b == pytest.approx(0.14)
+    assert dev == pytest.approx([2 / 1.9 - 1, 3 / 3.3 - 1, 5 / 4.7 - 1, 6 / 6.1 - 1])
