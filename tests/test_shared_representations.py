@@ -10,7 +10,7 @@ import torch
 from poisonlab.data.base import Dataset
 from poisonlab.defend import run_defenses
 from poisonlab.defenses import DefenseInputs, filter_defenses
-from poisonlab.defenses.activation_clustering import _dims_used
+from poisonlab.defenses.activation_clustering import _CovariancePCA, _dims_used
 from poisonlab.defenses.filter_defenses import ActivationClusteringConfig, SpectralConfig, shared_representations
 from poisonlab.defenses.spectral import top_singular_direction
 from poisonlab.models import build_model
@@ -77,3 +77,18 @@ def test_dims_used_matches_the_exact_rank():
     assert _dims_used(low, 10) == np.linalg.matrix_rank(low) == 4
     assert _dims_used(np.zeros((500, 30)), 10) == 0
     assert _dims_used(full[:5] - full[:5].mean(0), 10) == 4  # n - 1 caps it
+
+
+def test_covariance_pca_equals_scikit_learns_covariance_eigh():
+    from sklearn.decomposition import PCA
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(400, 12)) @ rng.normal(size=(12, 12))
+    centred = x - x.mean(0)
+    ours = _CovariancePCA(centred).use(5)
+    ref = PCA(n_components=5, svd_solver="covariance_eigh").fit(centred)
+    assert np.allclose(ours.components_, ref.components_, atol=1e-10)  # signs included
+    assert np.allclose(ours.transform(centred), ref.transform(centred), atol=1e-9)
+    held_out = rng.normal(size=(7, 12))
+    assert np.allclose(ours.transform(held_out), ref.transform(held_out), atol=1e-9)
+    assert np.allclose(ours.singular_values_[:5], ref.singular_values_, rtol=1e-10)

@@ -39,7 +39,7 @@ class TrainConfig:
     step_every: int = 10
     step_gamma: float = 0.1
     select: Literal["last", "best-val"] = "last"
-    eval_batch_size: int = 2048
+    eval_batch_size: int = 512  # images per forward when evaluating (2048 held 3x the activations of 512)
     channels_last: bool = True
 
     def validate(self, where: str = "train") -> None:
@@ -195,7 +195,7 @@ class _BatchGather:
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 2048,
+def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 512,
                    device: torch.device | str = "cpu", channels_last: bool = True, desc: str | None = None) -> torch.Tensor:
     """Logits for every row of ``x`` (eval mode, batched, returned on the CPU)."""
     device = torch.device(device)
@@ -218,7 +218,7 @@ def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 2048,
     return torch.cat(outs) if outs else torch.empty(0)
 
 
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 2048, device: torch.device | str = "cpu",
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512, device: torch.device | str = "cpu",
             desc: str | None = None) -> torch.Tensor:
     """Predicted class of every row of ``x``."""
     return predict_logits(model, x, batch_size, device, desc=desc).argmax(1)

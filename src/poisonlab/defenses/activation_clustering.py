@@ -50,19 +50,51 @@ MIN_VALIDATION_ROWS = 10
 SILHOUETTE_MAX_ROWS = 10_000  # larger classes: silhouette on a seeded sample of this many rows
 
 
-def _solver(centred: np.ndarray) -> str:
-    """PCA's solver: ``eigh`` (the D x D covariance's eigendecomposition) for a tall class
-    (rows > 2 x features): the same components as the SVD of the whole class up to rounding
-    (the same clusters on the MNIST BadNets set), several times faster; ``svd`` otherwise.
-    FastICA keeps its SVD whitening: when it does not converge, its output moves with any
-    rounding change (eigh whitening changed which MNIST rows it flagged)."""
+def _is_tall(centred: np.ndarray) -> bool:
+    """More than twice as many rows as features: the D x D covariance route pays."""
     n, d = centred.shape
-    return "eigh" if n > 2 * d else "svd"
+    return n > 2 * d
 
 
-def _reduce(centred: np.ndarray, d: int, how: str, seed: int) -> tuple[np.ndarray, Any, list[str]]:
-    """``centred`` reduced to ``d`` columns by FastICA or PCA, the fitted transform, and the
-    warnings raised on the way (e.g. ICA not converging) as text."""
+class _CovariancePCA:
+    """PCA of a tall centred class from its covariance's eigendecomposition, computed once and
+    shared with the rank check (:func:`_dims_used`). The same arithmetic as scikit-learn's
+    ``PCA(svd_solver="covariance_eigh")`` (covariance ``(X'X - n m m') / (n - 1)``, ``eigh``,
+    eigenvalues clipped at 0, signs flipped so each component's largest entry is positive), so
+    the same components up to rounding. FastICA keeps its own SVD whitening: when it does not
+    converge, its output moves with any rounding change (eigh whitening changed which MNIST rows
+    it flagged)."""
+
+    def __init__(self, centred: np.ndarray) -> None:
+        n = len(centred)
+        self.mean_ = centred.mean(0)
+        cov = centred.T @ centred
+        cov -= n * np.outer(self.mean_, self.mean_)
+        cov /= n - 1
+        w, v = np.linalg.eigh(cov)
+        self.variances_ = np.clip(w[::-1], 0.0, None)
+        self.singular_values_ = np.sqrt(self.variances_ * (n - 1))
+        self.vectors_ = v[:, ::-1]
+        self.components_: np.ndarray | None = None
+
+    def use(self, d: int) -> "_CovariancePCA":
+        """Keep the top ``d`` components, with scikit-learn's sign convention."""
+        comp = self.vectors_[:, :d].T.copy()
+        signs = np.sign(comp[np.arange(d), np.argmax(np.abs(comp), axis=1)])
+        signs[signs == 0] = 1.0
+        self.components_ = comp * signs[:, None]
+        return self
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        assert self.components_ is not None, "call use(d) first"
+        return (x - self.mean_) @ self.components_.T
+
+
+def _reduce(centred: np.ndarray, d: int, how: str, seed: int,
+            cov_pca: _CovariancePCA | None = None) -> tuple[np.ndarray, Any, list[str]]:
+    """``centred`` reduced to ``d`` columns by FastICA or PCA (from ``cov_pca`` when given, for a
+    tall class), the fitted transform, and the warnings raised on the way (e.g. ICA not
+    converging) as text."""
     from sklearn.decomposition import PCA, FastICA
 
     notes: list[str] = []
@@ -78,26 +110,27 @@ def _reduce(centred: np.ndarray, d: int, how: str, seed: int) -> tuple[np.ndarra
             if z is not None and not np.isfinite(z).all():
                 notes.append("FastICA gave non-finite components; used PCA")
                 z = None
-        if z is None:
-            fitted = PCA(n_components=d, svd_solver="covariance_eigh" if _solver(centred) == "eigh" else "full",
-                         random_state=seed)
+        if z is None and cov_pca is not None:
+            fitted = cov_pca.use(d)
+            z = fitted.transform(centred)
+        elif z is None:
+            fitted = PCA(n_components=d, svd_solver="full", random_state=seed)
             z = fitted.fit_transform(centred)
     return z, fitted, notes + [str(w.message).splitlines()[0] for w in caught]
 
 
-def _dims_used(centred: np.ndarray, dims: int) -> int:
+def _dims_used(centred: np.ndarray, dims: int, cov_pca: _CovariancePCA | None = None) -> int:
     """``min(dims, n_features, n_rows - 1, rank)``, the rank counting singular values above
-    ``s_max * max(n, D) * eps``. For a tall class the singular values come from the Gram
-    matrix's eigenvalues first: when the ``dims``-th is above ``1e-6 * s_max`` (far above both
+    ``s_max * max(n, D) * eps``. For a tall class the singular values come from the
+    covariance's eigenvalues first (``cov_pca``, computed here when not given): when the ``dims``-th is above ``1e-6 * s_max`` (far above both
     the rank threshold and the ~1e-8 relative error of that route) the rank is at least
     ``dims`` and no SVD is needed; otherwise the exact SVD decides."""
     n, d = centred.shape
     cap = min(dims, d, n - 1)
     if cap < 1:
         return max(cap, 0)
-    if n > 2 * d:
-        w = np.linalg.eigvalsh(centred.T @ centred)[::-1]
-        sv = np.sqrt(np.clip(w, 0.0, None))
+    if _is_tall(centred):
+        sv = (cov_pca or _CovariancePCA(centred)).singular_values_
         if sv[0] > 0 and sv[cap - 1] > 1e-6 * sv[0]:
             return cap
     sv = np.linalg.svd(centred, compute_uv=False)
@@ -191,10 +224,11 @@ def activation_clustering(reprs: np.ndarray, labels: np.ndarray, dims: int = 10,
                 continue
         mean = x[idx].mean(0)
         centred = x[idx] - mean
-        d = _dims_used(centred, int(dims))
+        cov_pca = _CovariancePCA(centred) if _is_tall(centred) else None  # shared by the rank and PCA
+        d = _dims_used(centred, int(dims), cov_pca)
         if d < 1:  # every row equal
             continue
-        z, fitted, info["warnings"] = _reduce(centred, d, reduce, seed)
+        z, fitted, info["warnings"] = _reduce(centred, d, reduce, seed, cov_pca)
         lab, centres = _two_means(z, seed)
         cluster[idx] = lab
         sizes = np.bincount(lab, minlength=2)
