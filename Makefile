@@ -45,6 +45,7 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python bench/filter_speed.py --data-dir $(DATA)
 	$(BIN)/python bench/scaling.py --data-dir $(DATA)
 	$(BIN)/python bench/pruning_curve.py
+	$(BIN)/python bench/eval_memory.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

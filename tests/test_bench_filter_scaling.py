@@ -38,3 +38,20 @@ def test_linear_fit_deviations_by_hand():
     # least squares by hand: slope 0.14, intercept 0.5; fitted 1.9, 3.3, 4.7, 6.1
     assert a == pytest.approx(0.5) and b == pytest.approx(0.14)
     assert dev == pytest.approx([2 / 1.9 - 1, 3 / 3.3 - 1, 5 / 4.7 - 1, 6 / 6.1 - 1])
+
+
+def test_eval_memory_bench_compares_logits_across_batch_sizes(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "eval_memory.py"
+    out = tmp_path / "mem.json"
+    subprocess.run([sys.executable, str(script), "--rows", "40", "--batches", "40", "40", "7", "--out", str(out)],
+                   check=True, capture_output=True, text=True)
+    rows = json.loads(out.read_text())
+    assert [r["batch"] for r in rows] == [40, 40, 7]
+    assert rows[1]["same_logits_as_first"]  # a fresh process, the same batches: the same bits
+    assert isinstance(rows[2]["same_logits_as_first"], bool)  # may differ in the last bits (kernel blocking)
+    assert all(r["peak_growth_mib"] >= 0 for r in rows)
