@@ -41,6 +41,10 @@ def print_step_run(cfg: Any, outcome: Any, echo: Callable[[str], None]) -> None:
         from .transfer_run import transfer_table
 
         report.print_table(transfer_table(m["transfer"]), f"{cfg.name}: transfer learning")
+    if "over_victims" in m:
+        from .measures.targeted import over_victims_table
+
+        report.print_table(over_victims_table(m["over_victims"]), f"{cfg.name}: targets poisoned over victims")
     a = m.get("attack")
     if a is not None:
         parts = [f"{a['n_poison']} poison rows"]
@@ -50,6 +54,10 @@ def print_step_run(cfg: Any, outcome: Any, echo: Callable[[str], None]) -> None:
             parts[-1] += f" ({a['mode']})"
         if "test_triggered" in a:
             parts.append(f"{a['test_triggered']} triggered test inputs")
+        if "targets" in a:
+            parts.insert(0, f"{a['name']}, {a['targets']} target(s) -> class {a['poison_class']}")
+            if "perturbation_linf_max" in a:
+                parts.append(f"max perturbation {255 * a['perturbation_linf_max']:.1f}/255 (l-inf)")
         echo("attack: " + ", ".join(parts))
     echo(f"time {m['time']['total_seconds']:.1f}s, peak memory {m['peak_memory_mb']['rss']:.0f} MiB")
     echo(f"run folder: {outcome.path}")

@@ -71,6 +71,45 @@ class AnalysisConfig:
     clean_quantile: float = 0.5
 
 
+MAX_VICTIM_SEEDS = 64
+
+
+@dataclass
+class VictimConfig:
+    """``victim:``: how the models trained on poisoned data are trained, when that differs from
+    the clean reference. ``init: reference`` starts from the clean reference's weights;
+    ``trainable: last`` trains only the model's last linear layer, the rest frozen in eval mode
+    (the transfer setting of Shafahi et al. 2018, Sec. 4.1); ``train`` overrides keys of
+    ``train:`` for the victims (and their retrainings after a filter); ``seeds`` lists further
+    victims, retrained on the same poisoned set with these seeds (Geiping et al. 2021 measure a
+    brew over several victims)."""
+
+    init: Literal["scratch", "reference"] = "scratch"
+    trainable: Literal["all", "last"] = "all"
+    train: dict[str, Any] = field(default_factory=dict)
+    seeds: list[int] = field(default_factory=list)
+
+    @property
+    def is_default(self) -> bool:
+        return self.init == "scratch" and self.trainable == "all" and not self.train
+
+    def train_config(self, base: TrainConfig) -> TrainConfig:
+        """``base`` with this section's ``train`` overrides (validated as ``victim.train``)."""
+        merged = from_dict(TrainConfig, {**dataclasses.asdict(base), **self.train}, "victim.train")
+        merged.validate("victim.train")
+        return merged
+
+    def validate(self, seed: int, base: TrainConfig) -> None:
+        self.train_config(base)
+        if len(self.seeds) > MAX_VICTIM_SEEDS:
+            raise PoisonlabError(f"victim.seeds lists {len(self.seeds)} seeds; at most {MAX_VICTIM_SEEDS}")
+        for s in self.seeds:
+            need_int(s, "victim.seeds", 0, SEED_MAX)
+        if len(set(self.seeds)) != len(self.seeds) or seed in self.seeds:
+            raise PoisonlabError(f"victim.seeds must be distinct and differ from the run's seed {seed} (the main "
+                                 f"victim's), got {self.seeds}")
+
+
 @dataclass
 class ExperimentConfig:
     """A whole experiment: data -> attack -> train (victim and clean baseline) -> metrics."""
@@ -84,6 +123,7 @@ class ExperimentConfig:
     attack: dict[str, Any] | None = None
     defenses: list[dict[str, Any]] = field(default_factory=list)
     pruning_aware: dict[str, Any] | None = None
+    victim: VictimConfig = field(default_factory=VictimConfig)
     transfer: TransferConfig | None = None
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
@@ -101,6 +141,7 @@ class ExperimentConfig:
 
         check_model_name(self.model.name)  # registered, or an import path naming a model class
         self.train.validate()
+        self.victim.validate(self.seed, self.train)
         if self.transfer is not None:
             self.transfer.validate()
         if not (is_number(self.analysis.z) and self.analysis.z >= 0):

@@ -125,17 +125,20 @@ def write_table(folder: Any, stem: str, rows: Iterable[dict[str, Any]], columns:
 
 
 def seed_table(classes: Sequence[str], baseline_clean: np.ndarray, badnet_clean: np.ndarray,
-               badnet_backdoor: np.ndarray) -> Table:
-    """The BadNets per-class table: class | baseline clean | BadNet clean | BadNet backdoor (errors), plus average.
+               badnet_backdoor: np.ndarray | None, victim: str = "BadNet") -> Table:
+    """The BadNets per-class table: class | baseline clean | BadNet clean | BadNet backdoor (errors), plus average
+    (``victim`` names the poisoned model; without ``badnet_backdoor``, e.g. a targeted attack, no backdoor column).
 
     The average row is the unweighted mean over classes with data, as in the seed's Table 1.
     Values are error rates (fractions; NaN where a class has no data), shown as percentages.
     """
     from .metrics import mean_class_error
 
-    names = ("baseline clean error", "BadNet clean error", "BadNet backdoor error")
+    names = ["baseline clean error", f"{victim} clean error", f"{victim} backdoor error"]
+    errors = [baseline_clean, badnet_clean, badnet_backdoor]
+    if badnet_backdoor is None:
+        names, errors = names[:2], errors[:2]
     columns = [Column("class"), *(Column(n, "pct") for n in names)]
-    errors = (baseline_clean, badnet_clean, badnet_backdoor)
     rows = [{"class": name, **{n: float(e[i]) for n, e in zip(names, errors)}} for i, name in enumerate(classes)]
     rows.append({"class": "average", **{n: float(mean_class_error(e)) for n, e in zip(names, errors)}})
     return Table(rows, columns)

@@ -62,10 +62,17 @@ def write_outputs(folder: RunFolder, cfg: ExperimentConfig, resolved: dict[str, 
         table = report.seed_table(
             classes, np.array(b["per_class_clean_error"]),
             np.array(a["per_class_clean_error"]) if a else nan,
-            np.array(a["per_class_backdoor_error"], dtype=float) if a and "per_class_backdoor_error" in a else nan,
+            np.array(a["per_class_backdoor_error"], dtype=float) if a and "per_class_backdoor_error" in a
+            else None if a and "target_success" in a else nan,
+            victim=metrics.get("victim_label", "BadNet"),
         )
         report.write_table(folder, "seed_table", table, title=f"{cfg.name}: per-class error")
     report.write_table(folder, "summary", summary_table(metrics), title=f"{cfg.name}: summary")
+    if "over_victims" in metrics:
+        from .measures.targeted import over_victims_table
+
+        report.write_table(folder, "over_victims", over_victims_table(metrics["over_victims"]),
+                           title=f"{cfg.name}: targets poisoned over victims")
     folder.write_json("metrics.json", metrics)
     if cfg.output.save_weights and is_torch(baseline):  # estimators have no tensors (and are never pickled)
         save_weights(baseline, folder.file("weights", "baseline.safetensors"))
@@ -111,7 +118,7 @@ def write_plots(folder: RunFolder, metrics: dict[str, Any], test: Dataset, attac
                 baseline: nn.Module, victim: nn.Module | None, victim_preds: dict[str, torch.Tensor]) -> None:
     """Trigger examples, first-layer filters, confusion matrices and training curves."""
     classes = test.classes
-    if victim is not None and attack_set is not None and len(attack_set.x):
+    if victim is not None and attack_set is not None and len(attack_set.x) and "triggered" in victim_preds:
         # one example per attacked class where possible, at most 10
         picks: list[int] = []
         for c in range(test.num_classes):

@@ -15,5 +15,7 @@ def build_attack(raw: dict[str, Any]) -> Attack:
     return ATTACKS.get(raw["name"]).from_config(raw)
 
 
+from .. import targeted as _targeted  # noqa: E402,F401  (register the targeted attacks)
+
 __all__ = ["ATTACKS", "Attack", "AttackTestSet", "PoisonResult", "BadNets", "BadNetsConfig", "arrays_or_dataset",
            "build_attack"]

@@ -20,6 +20,9 @@ fine-tuning            model-repair      torch-layers, validation
 fine-pruning           model-repair      torch-layers, validation
 spectral-signatures    filter            torch-layers, retrain (+ validation: rule validation)
 activation-clustering  filter            torch-layers, retrain (+ validation: rule validation)
+deep-knn               filter            torch-layers, retrain
+oracle-filter          filter            retrain (a control: reads the poison mask)
+random-filter          filter            retrain (a control: as many random rows as poisons)
 trim                   robust-training   retrain
 sever                  robust-training   retrain, row-gradients
 certified              robust-training   binary-labels
@@ -29,6 +32,9 @@ neural-cleanse         model-repair      images, validation
 """
 from __future__ import annotations
 
+from .control_filters import (OracleFilterConfig, RandomFilterConfig, oracle_filter_defense,
+                              random_filter_defense)
+from .deep_knn import DeepKnnConfig, deep_knn, deep_knn_defense
 from .detector_defenses import (
     NeuralCleanseConfig,
     RejectingClassifier,
@@ -105,6 +111,12 @@ for _spec in (
     DefenseSpec("activation-clustering", "2-means per class on penultimate activations, remove the cluster "
                 "flagged by size, silhouette or the validation rule, retrain (Chen et al. 2018)",
                 ActivationClusteringConfig, activation_clustering_defense, "filter", _FILTER),
+    DefenseSpec("deep-knn", "remove rows whose label loses the plurality vote of their k nearest rows in feature "
+                "space, retrain (Peri et al. 2020)", DeepKnnConfig, deep_knn_defense, "filter", _FILTER),
+    DefenseSpec("oracle-filter", "control: remove exactly the poison rows, retrain (the most a filter can save)",
+                OracleFilterConfig, oracle_filter_defense, "filter", frozenset({"retrain"})),
+    DefenseSpec("random-filter", "control: remove as many random rows as there are poisons, retrain",
+                RandomFilterConfig, random_filter_defense, "filter", frozenset({"retrain"})),
     DefenseSpec("trim", "fit, keep the (1 - eps) n rows of lowest loss, refit until stable: TRIM / ILTM "
                 "(Jagielski et al. 2018; Shen & Sanghavi 2019)", TrimConfig, trim_defense, "robust-training",
                 frozenset({"retrain"})),
@@ -128,6 +140,8 @@ from .estimators import ActivationClustering, SpectralSignatures  # noqa: E402  
 
 __all__ = [
     "DEFENSES",
+    "DeepKnnConfig",
+    "deep_knn",
     "KINDS",
     "NEEDS",
     "ActivationClustering",

@@ -49,12 +49,15 @@ class Victim:
 @dataclass
 class Reference:
     """What an attack may read while poisoning: the clean model (its surrogate), the clean
-    validation split and the device. Attacks that need no surrogate ignore it."""
+    validation split, the device, and the test rows a targeted attack picks its targets from
+    (the attacker names the inputs it wants misclassified; it never sees their use in a
+    measure). Attacks that need no surrogate ignore it."""
 
     model: nn.Module
     val: Dataset | None
     device: torch.device
     seed: int
+    test: Dataset | None = None
 
 
 @dataclass

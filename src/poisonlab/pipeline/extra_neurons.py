@@ -20,7 +20,10 @@ class BackdoorNeuronStep:
 
     @staticmethod
     def enabled(cfg: Any) -> bool:
-        return cfg.attack is not None and bool(cfg.analysis.backdoor_neurons)
+        """For a backdoor attack (a trigger to stamp on the validation images) with the analysis on."""
+        from ..families.step_family import attack_family
+
+        return cfg.attack is not None and bool(cfg.analysis.backdoor_neurons) and attack_family(cfg.attack) == "backdoor"
 
     def check(self, ctx: Any) -> None:
         if ctx.cfg.analysis.layer is not None:

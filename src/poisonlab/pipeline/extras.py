@@ -39,4 +39,4 @@ def run_stage(ctx: Any, stage: str) -> None:
 
 
 # registered in run order
-from . import extra_transfer, extra_traffic, extra_neurons, extra_pruning_aware  # noqa: E402,F401
+from . import extra_transfer, extra_traffic, extra_neurons, extra_pruning_aware, extra_victim_seeds  # noqa: E402,F401,I001

@@ -26,12 +26,25 @@ def new_model(ctx: Context, data: Dataset) -> nn.Module:
     return build_model(m.name, tuple(data.x.shape[1:]), data.num_classes, m.options)
 
 
-def fit(ctx: Context, data: Dataset, desc: str) -> TrainedModel:
-    """The configured model, initialised from the run's seed and trained on ``data``."""
-    seed_everything(ctx.cfg.seed)
+def fit(ctx: Context, data: Dataset, desc: str, seed: int | None = None) -> TrainedModel:
+    """The configured model, initialised from ``seed`` (default: the run's) and trained on ``data``."""
+    seed = ctx.cfg.seed if seed is None else seed
+    seed_everything(seed)
     model = new_model(ctx, data)
-    result = fit_learner(model, data, ctx.cfg.train, seed=ctx.cfg.seed, device=ctx.device, val=ctx.val, desc=desc)
+    result = fit_learner(model, data, ctx.cfg.train, seed=seed, device=ctx.device, val=ctx.val, desc=desc)
     return TrainedModel(model.cpu(), result)
+
+
+def fit_poisoned(ctx: Context, data: Dataset, desc: str, seed: int | None = None) -> TrainedModel:
+    """A victim: trained like the clean reference (:func:`fit`) unless ``victim:`` gives it a recipe
+    of its own (:mod:`poisonlab.pipeline.victim_fit`)."""
+    if ctx.cfg.victim.is_default:
+        return fit(ctx, data, desc, seed)
+    from .victim_fit import fit_by_recipe
+
+    seed = ctx.cfg.seed if seed is None else seed
+    seed_everything(seed)
+    return fit_by_recipe(ctx, new_model(ctx, data), data, desc, seed)
 
 
 def clean_key(ctx: Context, train: Dataset, model: nn.Module) -> str:

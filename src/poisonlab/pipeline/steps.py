@@ -26,7 +26,7 @@ from . import cells
 from .cells import Cell, CellWork
 from .context import Context, Reference, Victim
 from .extras import enabled_extras, run_stage
-from .fit import fit, fit_clean, new_model
+from .fit import fit_clean, fit_poisoned, new_model
 from .measuring import measure_model, model_metrics
 
 
@@ -57,7 +57,9 @@ def load(ctx: Context) -> None:
     if (ctx.defenses or cfg.pruning_aware is not None) and ctx.val is None:
         raise PoisonlabError("defenses and the pruning-aware attack decide on a clean validation split; "
                              "set data.val_fraction > 0")
-    new_model(ctx, ctx.train)  # an unknown model or bad options fail before any training
+    from .victim_fit import check_recipe
+
+    check_recipe(ctx, new_model(ctx, ctx.train))  # an unknown model, bad options or recipe fail before training
     run_stage(ctx, "check")
     run_stage(ctx, "after_data")
     if ctx.defenses:  # a defense whose needs this experiment does not meet fails here, before any training
@@ -69,6 +71,8 @@ def load(ctx: Context) -> None:
                 cfg.check_model(model)
     if ctx.attack is not None:
         ctx.attack.check(ctx.train)
+        if hasattr(ctx.attack, "check_model"):  # a layer the attack reads exists (before any training)
+            ctx.attack.check_model(new_model(ctx, ctx.train))
 
 
 def fit_reference(ctx: Context) -> None:
@@ -84,12 +88,13 @@ def cell_work(ctx: Context) -> CellWork:
 
     def plan(key: tuple, rng: np.random.Generator) -> tuple[Any, Any]:
         if getattr(attack, "uses_reference", False):
-            poisoned = attack.poison(ctx.train, rng, Reference(ctx.clean.model, ctx.val, ctx.device, ctx.cfg.seed))
+            poisoned = attack.poison(ctx.train, rng, Reference(ctx.clean.model, ctx.val, ctx.device, ctx.cfg.seed,
+                                                               ctx.test))
         else:
             poisoned = attack.poison(ctx.train, rng)
         return poisoned, attack.evaluation_set(ctx.test)
 
-    return CellWork(plan, lambda data, name: fit(ctx, data, name), ctx.family.measure, ctx.test, ctx.cfg.seed,
+    return CellWork(plan, lambda data, name: fit_poisoned(ctx, data, name), ctx.family.measure, ctx.test, ctx.cfg.seed,
                     ctx.defenses, ctx.val, ctx.device, ctx.cfg.train.eval_batch_size, salt=0xBAD)
 
 
@@ -161,8 +166,9 @@ def filter_context(ctx: Context) -> FilterContext:
     """What filtering defenses get: the poisoned rows, which are poison, how to retrain the victim."""
     a = ctx.cfg.attack or {}
     target = a.get("target", 0) if a.get("labels", "single-target") == "single-target" else None
+    target = getattr(ctx.attack, "poison_class_", target)  # a targeted attack: the class its poisons serve
     return FilterContext(ctx.poison.dataset, ctx.poison.poison_mask,
-                         lambda ds, name: fit(ctx, ds, f"retrain ({name})").model, target, ctx.val)
+                         lambda ds, name: fit_poisoned(ctx, ds, f"retrain ({name})").model, target, ctx.val)
 
 
 def defend(ctx: Context) -> None:
