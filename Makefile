@@ -46,6 +46,7 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python bench/scaling.py --data-dir $(DATA)
 	$(BIN)/python bench/pruning_curve.py
 	$(BIN)/python bench/eval_memory.py
+	$(BIN)/python bench/brew_cost.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

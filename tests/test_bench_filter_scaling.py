@@ -55,3 +55,19 @@ def test_eval_memory_bench_compares_logits_across_batch_sizes(tmp_path):
     assert rows[1]["same_logits_as_first"]  # a fresh process, the same batches: the same bits
     assert isinstance(rows[2]["same_logits_as_first"], bool)  # may differ in the last bits (kernel blocking)
     assert all(r["peak_growth_mib"] >= 0 for r in rows)
+
+
+def test_brew_cost_bench_quick_run_writes_its_numbers(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "brew_cost.py"
+    out = tmp_path / "brew.json"
+    subprocess.run([sys.executable, str(script), "--quick", "--out", str(out)], check=True, capture_output=True)
+    got = json.loads(out.read_text())
+    gm, fc = got["gradient_matching"], got["feature_collision"]
+    assert (gm["poisons"], gm["steps"], fc["poisons"], fc["iterations"]) == (12, 3, 4, 5)
+    assert gm["seconds_per_poison_image"] == gm["seconds"] / 12 and fc["seconds_per_poison_image"] == fc["seconds"] / 4
+    assert got["victim_from_scratch"]["rows"] == 600 and got["victim_last_layer"]["images_per_second"] > 0

@@ -56,7 +56,7 @@ def print_step_run(cfg: Any, outcome: Any, echo: Callable[[str], None]) -> None:
             parts.append(f"{a['test_triggered']} triggered test inputs")
         if "targets" in a:
             parts.insert(0, f"{a['name']}, {a['targets']} target(s) -> class {a['poison_class']}")
-            if "perturbation_linf_max" in a:
+            if "perturbation_linf_max" in a and len(m["data"]["shape"]) == 3:  # pixels in [0, 1]
                 parts.append(f"max perturbation {255 * a['perturbation_linf_max']:.1f}/255 (l-inf)")
         echo("attack: " + ", ".join(parts))
     echo(f"time {m['time']['total_seconds']:.1f}s, peak memory {m['peak_memory_mb']['rss']:.0f} MiB")

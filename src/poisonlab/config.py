@@ -33,6 +33,7 @@ class DataConfig:
     train_limit: int | None = None
     path: str | None = None  # the file or folder of a reader (image-folder, csv, parquet, npz)
     options: dict[str, Any] = field(default_factory=dict)  # the reader's options
+    classes: list[int] = field(default_factory=list)  # keep only these classes, relabelled 0..k-1 in this order
 
 
 @dataclass
@@ -130,6 +131,11 @@ class ExperimentConfig:
 
     def validate(self) -> None:
         need_number(self.data.val_fraction, "data.val_fraction", 0, 1, high_open=True)
+        if self.data.classes:
+            if len(self.data.classes) < 2 or len(set(self.data.classes)) != len(self.data.classes):
+                raise PoisonlabError(f"data.classes must list at least two distinct class indices, got {self.data.classes}")
+            for k in self.data.classes:
+                need_int(k, "data.classes", 0, 100_000, "a class index")
         if self.data.train_limit is not None:
             need_int(self.data.train_limit, "data.train_limit", 1, MAX_ROWS)
         from .data.user_data import check_data_config

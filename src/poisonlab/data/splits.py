@@ -32,3 +32,24 @@ def limit_rows(data: Dataset, limit: int | None, seed: int) -> Dataset:
         return data
     idx = np.random.default_rng([seed, 0x11]).choice(len(data), size=limit, replace=False)
     return data.subset(np.sort(idx))
+
+
+def keep_classes(data: "Dataset", classes: list[int] | None, where: str = "data.classes") -> "Dataset":
+    """Only the rows of ``classes`` (class indices of ``data``), relabelled 0..k-1 in the order
+    given, with their names (MNIST 1-vs-7: ``[1, 7]``); one-line error for a class not in the data."""
+    if not classes:
+        return data
+    import torch
+
+    from ..errors import PoisonlabError
+
+    c = data.num_classes
+    for k in classes:
+        if not 0 <= k < c:
+            raise PoisonlabError(f"{where} holds {k}; the data set has classes 0..{c - 1}")
+    lookup = torch.full((c,), -1, dtype=torch.int64)
+    lookup[torch.tensor(classes)] = torch.arange(len(classes))
+    mapped = lookup[data.y]
+    rows = (mapped >= 0).nonzero().flatten()
+    meta = {k: v[rows.numpy()] for k, v in data.meta.items()}
+    return type(data)(data.x[rows], mapped[rows], [data.classes[k] for k in classes], meta)

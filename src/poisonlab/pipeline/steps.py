@@ -16,7 +16,7 @@ import torch
 from .. import __version__, report
 from ..attacks import build_attack
 from ..data import load_data
-from ..data.splits import carve_validation, limit_rows
+from ..data.splits import carve_validation, keep_classes, limit_rows
 from ..defend import check_defense_needs, check_defenses, defense_table, run_defenses
 from ..defenses import DefenseInputs, FilterContext
 from ..errors import PoisonlabError
@@ -47,9 +47,9 @@ def load(ctx: Context) -> None:
     cfg = ctx.cfg
     with timed(ctx.times, "load_seconds"):
         ctx.split = ctx.given if ctx.given is not None else load_data(cfg.data)
-    train_all = limit_rows(ctx.split.train, cfg.data.train_limit, cfg.seed)
+    train_all = limit_rows(keep_classes(ctx.split.train, cfg.data.classes), cfg.data.train_limit, cfg.seed)
     ctx.train, ctx.val = carve_validation(train_all, cfg.data.val_fraction, cfg.seed)
-    ctx.test = ctx.split.test
+    ctx.test = keep_classes(ctx.split.test, cfg.data.classes)
     # the digests of what was loaded, then the loaded training rows go: the run keeps only the
     # rows it uses (a copy of MNIST's 60,000 images less in memory for the whole run)
     ctx.provenance = provenance(ctx.split)

@@ -4,7 +4,7 @@
 :data:`~poisonlab.attacks.ATTACKS`."""
 from __future__ import annotations
 
-from . import feature_collision, gradient_matching, noise_control  # noqa: F401  (register the attacks)
+from . import feature_collision, gradient_matching, influence, noise_control, stingray  # noqa: F401,I001  (register)
 from .feature_collision import FeatureCollision, FeatureCollisionConfig, collide, proximal_step
 from .gradient_matching import GradientMatching, GradientMatchingConfig, matching_loss
 from .noise_control import RandomNoise

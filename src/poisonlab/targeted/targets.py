@@ -69,6 +69,8 @@ class TargetedAttack:
 
     family = "targeted"
     uses_reference = True
+    appends = False
+    """Poisons are new rows (copies of training rows) rather than altered ones."""
     name = "targeted"
     config_class: type = object
 
@@ -196,11 +198,13 @@ class TargetedAttack:
         self.poison_class_, self.target_rows_ = pc, rows
         target_x = reference.test.x[rows]
         idx, x_new, self.report_ = self.craft(train, pc, target_x, reference, rng)
-        return replace_rows(train, idx, x_new)
+        return append_rows(train, idx, x_new, pc) if self.appends else replace_rows(train, idx, x_new)
 
     def craft(self, train: Dataset, poison_class: int, target_x: torch.Tensor, reference: Any,
-              rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
-        """(training rows altered, their new images, what to report); the subclass's attack."""
+              rng: np.random.Generator) -> tuple[torch.Tensor | None, torch.Tensor, dict[str, Any]]:
+        """(training rows altered, their new inputs, what to report); the subclass's attack. When
+        the attack ``appends``, the rows are the ones each new input was copied from, and the new
+        inputs are added to the training set with the poison class's label."""
         raise NotImplementedError
 
     def evaluation_set(self, test: Dataset) -> AttackTestSet:
@@ -227,6 +231,18 @@ def replace_rows(train: Dataset, idx: torch.Tensor, x_new: torch.Tensor) -> Pois
     mask[idx] = True
     return PoisonResult(Dataset(x, train.y.clone(), list(train.classes), dict(train.meta)), mask,
                         torch.arange(len(train)))
+
+
+def append_rows(train: Dataset, source: torch.Tensor, x_new: torch.Tensor, label: int) -> PoisonResult:
+    """``train`` with the rows ``x_new`` (copies of the rows ``source``, changed) added and
+    labelled ``label``; their metadata are their source rows'."""
+    n = len(x_new)
+    x = torch.cat([train.x, x_new.to(train.x.dtype)])
+    y = torch.cat([train.y, torch.full((n,), int(label), dtype=train.y.dtype)])
+    mask = torch.cat([torch.zeros(len(train), dtype=torch.bool), torch.ones(n, dtype=torch.bool)])
+    src = source.numpy()
+    meta = {k: np.concatenate([v, v[src]]) for k, v in train.meta.items()}
+    return PoisonResult(Dataset(x, y, list(train.classes), meta), mask, torch.cat([torch.arange(len(train)), source]))
 
 
 def perturbation_norms(new: torch.Tensor, old: torch.Tensor) -> dict[str, float]:
