@@ -34,7 +34,7 @@ MAX_TARGETS = 10_000
 class TargetsConfig:
     """``attack.targets:``: how the target test inputs are picked."""
 
-    select: Literal["random", "class", "rows"] = "random"
+    select: Literal["random", "class", "rows", "cluster"] = "random"
     n: int = 1
     true_class: int | None = None
     """``select: class``: the class the targets are drawn from."""
@@ -42,9 +42,17 @@ class TargetsConfig:
     """``select: rows``: the test rows themselves."""
     correct_only: bool = True
     """Draw only among test rows the clean reference classifies correctly."""
+    clusters: int = 100
+    """``select: cluster``: k-means clusters of the training rows' features (ClusterMatch)."""
+    pca_dims: int = 10
+    """``select: cluster``: PCA dimensions before k-means (0: none)."""
+    layer: str = "auto"
+    """``select: cluster``: the feature layer (``auto``: the input of the last linear layer)."""
 
     def validate(self) -> None:
         need_int(self.n, "attack.targets.n", 1, MAX_TARGETS)
+        need_int(self.clusters, "attack.targets.clusters", 1, 100_000)
+        need_int(self.pca_dims, "attack.targets.pca_dims", 0, 100_000)
         if self.select == "class":
             if self.true_class is None:
                 raise PoisonlabError("attack.targets.select 'class' needs attack.targets.true_class (a class index)")
@@ -170,6 +178,13 @@ class TargetedAttack:
 
             ok &= predict(reference.model, test.x, 512, reference.device, desc="targets: clean predictions") == test.y
         candidates = ok.nonzero().flatten().numpy()
+        if self.targets.select == "cluster":
+            from .cluster_targets import cluster_targets
+
+            t = self.targets
+            rows, picked = cluster_targets(train, test, candidates, t.n, t.clusters, t.pca_dims, t.layer, reference, rng)
+            self.report_ = {**self.report_, **picked}
+            return pc, rows
         if len(candidates) < self.targets.n:
             raise PoisonlabError(f"attack.targets.n = {self.targets.n} targets asked for but only {len(candidates)} test "
                                  f"rows qualify (not of the poison class {pc}"
@@ -192,12 +207,14 @@ class TargetedAttack:
     def poison(self, train: Dataset, rng: np.random.Generator, reference: Any = None) -> PoisonResult:
         """Pick the poison class and targets, then ``craft`` the poisons (in place of training rows)."""
         self.check(train)
+        self.report_ = {}
         if reference is None or reference.model is None:
             raise PoisonlabError(f"{self.name} needs the clean reference model as its surrogate")
         pc, rows = self.choose(train, reference, rng)
         self.poison_class_, self.target_rows_ = pc, rows
         target_x = reference.test.x[rows]
-        idx, x_new, self.report_ = self.craft(train, pc, target_x, reference, rng)
+        idx, x_new, crafted = self.craft(train, pc, target_x, reference, rng)
+        self.report_ = {**self.report_, **crafted}
         return append_rows(train, idx, x_new, pc) if self.appends else replace_rows(train, idx, x_new)
 
     def craft(self, train: Dataset, poison_class: int, target_x: torch.Tensor, reference: Any,
