@@ -63,6 +63,8 @@ def collide(features: Any, target_feat: torch.Tensor, base: torch.Tensor, beta: 
     """Forward-backward splitting for every row of ``base`` towards its row of ``target_feat``;
     the best iterate of each row and a report (objective before and after, iterations run)."""
     x = base.clone()
+    with torch.no_grad():
+        start_dist = ((features(base) - target_feat) ** 2).sum(1).sqrt()
     lam = torch.full((len(x),), float(step), dtype=x.dtype)
     best_x, best_obj = x.clone(), torch.full((len(x),), float("inf"), dtype=torch.float64)
     prev = best_obj.clone()
@@ -91,6 +93,7 @@ def collide(features: Any, target_feat: torch.Tensor, base: torch.Tensor, beta: 
         dist = ((features(best_x) - target_feat) ** 2).sum(1).sqrt()
     return best_x, {"objective_start": first.tolist() if first is not None else [],
                     "objective_end": best_obj.tolist(), "feature_distance": dist.double().tolist(),
+                    "feature_distance_start": start_dist.double().tolist(),
                     "iterations": done}
 
 
@@ -146,5 +149,7 @@ class FeatureCollision(TargetedAttack):
         report = {"n_poison_images": len(idx), "beta": beta, "feature_dim": d_feat,
                   **{f"perturbation_{k}": v for k, v in perturbation_norms(poisons, train.x[idx].float()).items()},
                   "feature_distance_mean": float(np.mean(info["feature_distance"])),
+                  "feature_distance_start_mean": float(np.mean(info["feature_distance_start"])),
+                  "target_feature_norm_mean": float(target_feat.norm(dim=1).mean()),
                   "iterations_run": info["iterations"]}
         return idx[order], poisons[order], report
