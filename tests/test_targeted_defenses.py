@@ -78,3 +78,20 @@ def test_controls_need_a_poison_mask():
         oracle_filter_defense(OracleFilterConfig(), ctx)
     with pytest.raises(PoisonlabError, match=r"^defense 'random-filter' is a control"):
         random_filter_defense(RandomFilterConfig(), ctx)
+
+
+def test_targeted_examples_plot_is_written(tmp_path):
+    from PIL import Image
+
+    from poisonlab.config import ExperimentConfig, from_dict
+    from poisonlab.pipeline.extra_targeted_plot import TargetedPlotStep
+    from poisonlab.targeted.plots import plot_targeted_examples
+
+    path = tmp_path / "t.png"
+    imgs = torch.rand(3, 1, 8, 8)
+    plot_targeted_examples(path, imgs[:2], torch.tensor([1, 2]), torch.tensor([0, 0]), torch.tensor([0, 2]), imgs,
+                           (imgs + 0.05).clamp(0, 1), ["a", "b", "c"], "t")
+    assert path.stat().st_size > 2000 and Image.open(path).size[0] > 200
+    on = from_dict(ExperimentConfig, {"attack": {"name": "random-noise"}})
+    off = from_dict(ExperimentConfig, {"attack": {"name": "badnets"}})
+    assert TargetedPlotStep.enabled(on) and not TargetedPlotStep.enabled(off)
