@@ -262,3 +262,17 @@ def test_one_line_errors():
     one_line(r"^attack\.tau_ni must be in \[0, 1\], got -0\.5$", StingRay, tau_ni=-0.5)
     one_line(r"^attack\.poison_class 2 is out of range; the data set has classes 0\.\.1$",
              StingRay(poison_class=2).poison, train, rng, ref(lr(), train, val, test))
+
+
+def test_candidates_tried_are_capped_at_max_candidates_times_n_max():
+    train, val, test = knn_data()
+    n_max = int(np.floor(0.25 * len(train)))
+    assert n_max == 1
+    # one candidate allowed: the nearest one is discarded by the negative-impact test, none is left to try
+    msg = one_line("", attack(max_poisons=0.25, tau_ni=0.0, max_candidates=1.0).poison, train,
+                   np.random.default_rng(0), ref(knn(), train, val, test))
+    assert msg.startswith("stingray's negative-impact test discarded all 1 candidate poisons")
+    a = attack(max_poisons=0.25, tau_ni=0.0, max_candidates=2.0)  # two: the second is kept and succeeds
+    a.poison(train, np.random.default_rng(0), ref(knn(), train, val, test))
+    assert a.report_["local_fits"] == 2 and a.report_["per_target"][0]["discarded_by_ni"] == 1
+    assert one_line("", StingRay, max_candidates=0.5) == "attack.max_candidates must be in [1, 1000] (times N_max), got 0.5"

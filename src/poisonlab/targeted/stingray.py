@@ -10,7 +10,8 @@ local copy of the victim's learner is retrained with the poisons so far plus the
 candidate whose retraining drops the local model's accuracy on the attacker's clean validation
 rows by more than ``tau_ni`` (the negative-impact test) is discarded; otherwise it is kept. The
 attack stops at the first retraining that gives the target the wanted class, or at
-``max_poisons`` (N_max, a share of the training set) kept poisons. Poisons are added as new
+``max_poisons`` (N_max, a share of the training set) kept poisons, or after
+``max_candidates`` x N_max candidates tried (discarded ones cost a refit too). Poisons are added as new
 rows with the wanted label (copies of rows of that class). Several targets are attacked one
 after the other, each against the clean rows plus the earlier targets' poisons.
 """
@@ -43,6 +44,8 @@ class StingRayConfig:
     """s̄: the most target features copied into one base."""
     tau_ni: float = 0.01
     """Largest drop of the local model's validation accuracy a kept poison may cause."""
+    max_candidates: float = 4.0
+    """Candidates tried per target, as a multiple of N_max (each costs one refit; discarded ones too)."""
 
 
 def _local_learner(reference: Any) -> Any:
@@ -68,6 +71,9 @@ class StingRay(TargetedAttack):
         need_int(self.cfg.max_copied, "attack.max_copied", 1, 1_000_000, "features")
         if not is_number(self.cfg.tau_ni) or not 0 <= float(self.cfg.tau_ni) <= 1:
             raise PoisonlabError(f"attack.tau_ni must be in [0, 1], got {shown(self.cfg.tau_ni)}")
+        if not is_number(self.cfg.max_candidates) or not 1 <= float(self.cfg.max_candidates) <= 1000:
+            raise PoisonlabError(f"attack.max_candidates must be in [1, 1000] (times N_max), "
+                                 f"got {shown(self.cfg.max_candidates)}")
 
     def check(self, train: Dataset) -> None:
         if train.x.dim() != 2:
@@ -92,10 +98,11 @@ class StingRay(TargetedAttack):
         per_target: list[dict[str, Any]] = []
         fits = 0
         for t in target_x.double():
-            kept_before, success, discarded = len(poisons), False, 0
+            kept_before, success, discarded, tried = len(poisons), False, 0, 0
+            budget = int(np.ceil(float(c.max_candidates) * n_max))
             order = own[torch.argsort(((x_all[own] - t) ** 2).sum(1), stable=True)]
             for b in order.tolist():
-                if len(poisons) - kept_before >= n_max:
+                if len(poisons) - kept_before >= n_max or tried >= budget:
                     break
                 gap = torch.nonzero(t > x_all[b]).flatten().numpy()
                 if len(gap) == 0:
@@ -107,6 +114,7 @@ class StingRay(TargetedAttack):
                 trial_y = torch.cat([train.y, torch.full((len(poisons) + 1,), poison_class, dtype=train.y.dtype)])
                 local.fit_arrays(trial_x, trial_y, train.num_classes, reference.seed)
                 fits += 1
+                tried += 1
                 if clean_acc - _accuracy(local, val) > float(c.tau_ni):
                     discarded += 1
                     continue
