@@ -11,7 +11,6 @@ import torch
 from torch import nn
 
 from poisonlab.data.base import Dataset
-from poisonlab.errors import PoisonlabError
 from poisonlab.models import build_model
 from poisonlab.pipeline.context import Reference
 from poisonlab.pipeline.victim_fit import LastLayerOnly
@@ -25,15 +24,9 @@ from poisonlab.train import (
     seed_everything,
     train_model,
 )
+from one_line_errors import one_line
 
 CPU = torch.device("cpu")
-
-
-def one_line(match, fn, *args, **kw):
-    with pytest.raises(PoisonlabError, match=match or None) as info:
-        fn(*args, **kw)
-    assert "\n" not in str(info.value)
-    return str(info.value)
 
 
 # -- a reference whose predictions are written into the test images ----------------------

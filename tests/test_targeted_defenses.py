@@ -95,3 +95,17 @@ def test_targeted_examples_plot_is_written(tmp_path):
     on = from_dict(ExperimentConfig, {"attack": {"name": "random-noise"}})
     off = from_dict(ExperimentConfig, {"attack": {"name": "badnets"}})
     assert TargetedPlotStep.enabled(on) and not TargetedPlotStep.enabled(off)
+
+
+def test_gradient_attacks_refuse_an_estimator_before_training():
+    from sklearn.linear_model import LogisticRegression
+
+    from poisonlab.models.estimators import EstimatorModel
+    from poisonlab.targeted import FeatureCollision, GradientMatching, RandomNoise
+
+    est = EstimatorModel(LogisticRegression(), 2)
+    for attack in (GradientMatching(), FeatureCollision()):
+        with pytest.raises(PoisonlabError, match=rf"^{attack.name} differentiates through the model; EstimatorModel "
+                                                 r"is not a torch network with parameters"):
+            attack.check_model(est)
+    RandomNoise().check_model(est)  # noise needs no gradients

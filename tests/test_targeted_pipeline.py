@@ -13,7 +13,6 @@ from torch import nn
 from poisonlab.attacks import AttackTestSet
 from poisonlab.config import TrainConfig, VictimConfig, load_config
 from poisonlab.data.base import Dataset
-from poisonlab.errors import PoisonlabError
 from poisonlab.families import load_any_config, run_config
 from poisonlab.measures.targeted import (
     TargetedMeasure,
@@ -30,16 +29,10 @@ from poisonlab.pipeline.victim_fit import (
     last_linear,
 )
 from poisonlab.train import TrainResult, train_model
+from one_line_errors import one_line
 
 CPU = torch.device("cpu")
 Z2 = 1.959964 ** 2
-
-
-def one_line(match, fn, *args, **kw):
-    with pytest.raises(PoisonlabError, match=match or None) as info:
-        fn(*args, **kw)
-    assert "\n" not in str(info.value)
-    return str(info.value)
 
 
 # -- the measure, by hand ------------------------------------------------------------------

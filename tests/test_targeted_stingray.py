@@ -13,19 +13,12 @@ from torch import nn
 
 from poisonlab.attacks import ATTACKS
 from poisonlab.data.base import Dataset
-from poisonlab.errors import PoisonlabError
 from poisonlab.models.estimators import EstimatorModel
 from poisonlab.pipeline.context import Reference
 from poisonlab.targeted.stingray import StingRay
+from one_line_errors import one_line
 
 CPU = torch.device("cpu")
-
-
-def one_line(match, fn, *args, **kw):
-    with pytest.raises(PoisonlabError, match=match or None) as info:
-        fn(*args, **kw)
-    assert "\n" not in str(info.value)
-    return str(info.value)
 
 
 def ds(rows, labels, meta=None):

@@ -29,7 +29,7 @@ from ..checks import is_number, need_int
 from ..data.base import Dataset
 from ..errors import PoisonlabError, shown
 from .features import feature_map, resolve_feature_layer
-from .targets import TargetedAttack, need_images, perturbation_norms
+from .targets import TargetedAttack, need_images, need_torch, perturbation_norms
 
 MAX_ITERATIONS = 100_000
 
@@ -127,6 +127,7 @@ class FeatureCollision(TargetedAttack):
         return self.cfg.poisons_per_target * self.n_targets()
 
     def check_model(self, model: Any) -> None:
+        need_torch(model, self.name)
         resolve_feature_layer(model, self.cfg.layer)
 
     def craft(self, train: Dataset, poison_class: int, target_x: torch.Tensor, reference: Any,

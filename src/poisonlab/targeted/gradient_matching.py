@@ -23,7 +23,7 @@ from torch import nn
 from ..attacks.base import ATTACKS
 from ..checks import need_int
 from ..data.base import Dataset
-from .targets import TargetedAttack, need_fraction, need_images, perturbation_norms
+from .targets import TargetedAttack, need_fraction, need_images, need_torch, perturbation_norms
 
 
 @dataclass
@@ -150,6 +150,9 @@ class GradientMatching(TargetedAttack):
     def check(self, train: Dataset) -> None:
         need_images(train, self.name)
         super().check(train)
+
+    def check_model(self, model: Any) -> None:
+        need_torch(model, self.name)
 
     def poison_count(self, train: Dataset) -> int:
         return int(round(self.cfg.budget * len(train)))

@@ -23,6 +23,9 @@ class RandomNoise(GradientMatching):
     name = "random-noise"
     config_class = GradientMatchingConfig
 
+    def check_model(self, model: Any) -> None:
+        """Noise needs no gradients: any learner."""
+
     def craft(self, train: Dataset, poison_class: int, target_x: torch.Tensor, reference: Any,
               rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
         idx = self.budget_rows(train, poison_class, rng)

@@ -277,6 +277,15 @@ def need_fraction(value: Any, key: str) -> float:
     return float(value)
 
 
+def need_torch(model: Any, name: str) -> None:
+    """``model`` must be a torch network with parameters (its gradients are the attack's)."""
+    from ..models.learners import is_torch
+
+    if not is_torch(model):
+        raise PoisonlabError(f"{name} differentiates through the model; {type(model).__name__} is not a torch network "
+                             f"with parameters (use a CNN or MLP, or an attack for estimators: stingray, influence)")
+
+
 def need_images(train: Dataset, name: str) -> None:
     if not train.is_image:
         raise PoisonlabError(f"{name} perturbs images; the data set has rows of shape {tuple(train.x.shape[1:])}")
