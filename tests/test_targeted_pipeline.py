@@ -193,11 +193,13 @@ def test_fit_by_recipe_transfer_setting(one_thread):
 
 def test_recipe_errors():
     conv_only = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten())
-    assert one_line("", last_linear, conv_only) == ("victim.trainable 'last' needs a model with a final nn.Linear "
-                                                    "layer; Sequential has none (use trainable: all)")
+    assert one_line("", last_linear, conv_only) == ("trainable 'last' (train.trainable or victim.trainable) needs a "
+                                                    "model with a final nn.Linear layer; Sequential has none (use "
+                                                    "trainable: all)")
     assert last_linear(build_model("mlp", (4,), 2, {"hidden": [3]})) == "out"
     assert last_linear(build_model("resnet18", (3, 8, 8), 2, {})) == "fc"
-    one_line(r"^victim.trainable 'last' needs a model with a final nn.Linear layer", check_recipe,
+    one_line(r"^trainable 'last' \(train.trainable or victim.trainable\) needs a model with a final nn.Linear",
+             check_recipe,
              _ctx({"trainable": "last"}), conv_only)
     one_line(r"^victim.init 'reference' needs the clean reference fitted first$", fit_by_recipe,
              _ctx({"init": "reference"}), _bn_model(), _bn_data(), "v", 1)
@@ -301,7 +303,7 @@ def test_errors_before_any_training(tmp_path, monkeypatch):
     one_line(r"^model has no layer 'fc9'", _run, tmp_path, {"name": "feature-collision", "layer": "fc9"})
     _, cfg = load_any_config(None, [], model={"name": "logistic-regression"}, victim={"trainable": "last"},
                              attack=GM, device="cpu", output={"dir": str(tmp_path), "cache_baseline": False})
-    one_line(r"^victim.trainable 'last' needs a model with a final nn.Linear layer; EstimatorModel has none",
+    one_line(r"^train.trainable 'last' and victim.trainable 'last' need a torch network; remove them for an estimator$",
              run_config, cfg)
 
 

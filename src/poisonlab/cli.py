@@ -47,7 +47,7 @@ TRUST_HELP = "allow model: names that are .py files (./mynet.py:MyNet): runs tha
 
 
 def _run_config(config: Path, overrides: list[str], quiet: bool, trust_code: bool, family: str | None = None,
-                **top: Any) -> None:
+                save_reference: Optional[Path] = None, **top: Any) -> None:
     """Load any family's config, run it and print what a person reads first."""
     from . import progress
     from .families import load_any_config
@@ -55,10 +55,40 @@ def _run_config(config: Path, overrides: list[str], quiet: bool, trust_code: boo
 
     set_trust_code(trust_code)
     fam, cfg = load_any_config(config, overrides, family=family, **top)
+    if save_reference is not None:
+        _check_save_reference(cfg, save_reference)
     if quiet:
         progress.set_enabled(False)
     outcome = fam.run(cfg)
     fam.print_run(cfg, outcome, typer.echo)
+    if save_reference is not None:
+        _save_reference(outcome, save_reference)
+        typer.echo(f"clean reference's weights: {save_reference}")
+
+
+def _check_save_reference(cfg: Any, target: Path) -> None:
+    """--save-reference needs a run that writes its clean reference's weights, to a .safetensors path."""
+    output = getattr(cfg, "output", None)
+    if output is None or not hasattr(cfg, "model") or not getattr(output, "save_weights", False):
+        raise PoisonlabError("--save-reference needs a run that saves its clean reference's weights "
+                             "(a backdoor or targeted config with output.save_weights: true)")
+    if target.suffix != ".safetensors":
+        raise PoisonlabError(f"--save-reference writes safetensors; name a .safetensors file, got '{target}'")
+
+
+def _save_reference(outcome: Any, target: Path) -> None:
+    """Copy the run's ``weights/baseline.safetensors`` to ``target`` (written whole, then renamed)."""
+    import os
+    import shutil
+
+    source = Path(outcome.path) / "weights" / "baseline.safetensors"
+    if not source.is_file():
+        raise PoisonlabError(f"the run wrote no clean reference's weights ({source} is missing; a scikit-learn "
+                             f"learner has none)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.partial")
+    shutil.copyfile(source, partial)
+    os.replace(partial, target)
 
 
 def _paths(set_: list[str], data_dir: Optional[Path], output: Optional[Path], download: bool = False) -> list[str]:
@@ -85,6 +115,9 @@ def run(
                                           "(default: one per core)"),
     trust_code: bool = typer.Option(False, "--trust-code", help=TRUST_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
+    save_reference: Optional[Path] = typer.Option(None, "--save-reference", help="also copy the clean reference's "
+                                                  "weights to this .safetensors file (for another config's "
+                                                  "model.weights: a feature extractor trained on other data)"),
 ) -> None:
     """Run an experiment: fit the clean reference, poison, fit the victim, defend, measure, save a run folder.
 
@@ -94,7 +127,7 @@ def run(
     if device is not None and device not in ("cpu", "cuda", "auto"):
         raise PoisonlabError(f"--device must be cpu, cuda or auto, got '{device}'")
     _run_config(config, _paths(set_, data_dir, output, download), quiet, trust_code, seed=seed, device=device,
-                workers=workers)
+                workers=workers, save_reference=save_reference)
 
 
 @app.command()

@@ -38,10 +38,13 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """``model:``: a registered network and its options."""
+    """``model:``: a registered network and its options; ``weights``: a safetensors file it starts
+    from (a feature extractor trained on other data; the last linear layer may differ and is
+    then trained afresh: :mod:`poisonlab.models.pretrained`)."""
 
     name: str = "digits-cnn"
     options: dict[str, Any] = field(default_factory=dict)
+    weights: str | None = None
 
 
 @dataclass
@@ -146,6 +149,8 @@ class ExperimentConfig:
         from .models import check_model_name
 
         check_model_name(self.model.name)  # registered, or an import path naming a model class
+        if self.model.weights is not None and not (isinstance(self.model.weights, str) and self.model.weights):
+            raise PoisonlabError(f"model.weights must be the path of a .safetensors file, got {shown(self.model.weights)}")
         self.train.validate()
         self.victim.validate(self.seed, self.train)
         if self.transfer is not None:

@@ -41,6 +41,9 @@ class TrainConfig:
     select: Literal["last", "best-val"] = "last"
     eval_batch_size: int = 512  # images per forward when evaluating (2048 held 3x the activations of 512)
     channels_last: bool = True
+    trainable: Literal["all", "last"] = "all"
+    """``last``: only the last ``nn.Linear`` learns, the rest frozen in eval mode (features from
+    ``model.weights``, the transfer setting of Shafahi et al. 2018); applied by ``fit_learner``."""
 
     def validate(self, where: str = "train") -> None:
         """One-line errors naming ``where.key`` and the allowed range: epochs 1..10000, batch sizes
@@ -64,6 +67,8 @@ class TrainConfig:
             raise PoisonlabError(f"{where}.optimizer must be sgd or adam, got {shown(self.optimizer)}")
         if self.schedule not in ("cosine", "step", "constant"):
             raise PoisonlabError(f"{where}.schedule must be cosine, step or constant, got {shown(self.schedule)}")
+        if self.trainable not in ("all", "last"):
+            raise PoisonlabError(f"{where}.trainable must be all or last, got {shown(self.trainable)}")
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 Every learner is an ``nn.Module``: a torch network, or a scikit-learn estimator wrapped in
 :class:`~poisonlab.models.estimators.EstimatorModel`. :func:`fit_learner` trains either
-(torch networks through :func:`poisonlab.train.train_model`, unchanged);
+(torch networks through :func:`poisonlab.train.train_model`, unchanged; with ``train.trainable:
+last`` only the last linear layer, :mod:`poisonlab.models.freeze`);
 :func:`capabilities` declares what a learner offers, so that a mode or defense that needs
 layers or gradients can refuse an estimator in one line; :func:`model_fingerprint` is a
 digest of what the learner *is* (class, its source file when outside poisonlab, parameter
@@ -77,6 +78,8 @@ def fit_learner(model: nn.Module, data: Dataset, train_cfg: TrainConfig, seed: i
     ``[]``, chosen epoch 0), a torch network by :func:`poisonlab.train.train_model` (same call,
     same weights)."""
     if isinstance(model, EstimatorModel):
+        if train_cfg.trainable != "all":
+            raise PoisonlabError("train.trainable 'last' needs a torch network; remove it for an estimator")
         if len(data) == 0:
             raise PoisonlabError("the training set is empty")
         start = time.perf_counter()
@@ -86,6 +89,14 @@ def fit_learner(model: nn.Module, data: Dataset, train_cfg: TrainConfig, seed: i
     if not is_torch(model):
         raise PoisonlabError(f"cannot train {describe(model)}: it is neither a torch network with parameters "
                              "nor a scikit-learn estimator")
+    if train_cfg.trainable == "last":
+        from .freeze import LastLayerOnly, last_linear
+
+        wrapped = LastLayerOnly(model, last_linear(model))
+        try:
+            return train_model(wrapped, data, train_cfg, seed=seed, device=device, val=val, desc=desc)
+        finally:
+            wrapped.release()
     return train_model(model, data, train_cfg, seed=seed, device=device, val=val, desc=desc)
 
 

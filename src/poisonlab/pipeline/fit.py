@@ -14,16 +14,24 @@ from torch import nn
 
 from .. import baseline_cache
 from ..data.base import Dataset
+from ..errors import PoisonlabError
 from ..models import build_model
 from ..models.learners import fit_learner, is_torch, model_fingerprint
+from ..models.pretrained import load_pretrained, weights_digest
 from ..train import seed_everything
 from .context import Context, TrainedModel
 
 
 def new_model(ctx: Context, data: Dataset) -> nn.Module:
-    """A fresh, unseeded instance of the configured model for ``data``'s input shape and classes."""
+    """A fresh instance of the configured model for ``data``'s input shape and classes (unseeded;
+    started from ``model.weights`` when given)."""
     m = ctx.cfg.model
-    return build_model(m.name, tuple(data.x.shape[1:]), data.num_classes, m.options)
+    model = build_model(m.name, tuple(data.x.shape[1:]), data.num_classes, m.options)
+    if m.weights is not None:
+        if not is_torch(model):
+            raise PoisonlabError(f"model.weights loads a torch network's weights; {m.name} is not one (remove it)")
+        load_pretrained(model, m.weights)
+    return model
 
 
 def fit(ctx: Context, data: Dataset, desc: str, seed: int | None = None) -> TrainedModel:
@@ -55,6 +63,8 @@ def clean_key(ctx: Context, train: Dataset, model: nn.Module) -> str:
     cfg = ctx.cfg
     what = {"data": {k: v for k, v in vars(cfg.data).items() if k != "dir"},
             "model": vars(cfg.model), "train": vars(cfg.train), "seed": cfg.seed, **ctx.baseline_key_extra}
+    if cfg.model.weights is not None:
+        what["model_weights"] = weights_digest(cfg.model.weights)
     return baseline_cache.baseline_key(what, train, ctx.val, ctx.device, model_fp=model_fingerprint(model))
 
 

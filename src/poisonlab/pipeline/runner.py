@@ -16,10 +16,15 @@ from .frame import Frame, resources, run_framed
 
 def experiment_hash(resolved: dict[str, Any], family: str) -> str:
     """Hash of what determines the results: the config less where files are read from and
-    written to, and the family that runs it."""
+    written to, the family that runs it and the digest of ``model.weights``."""
     what = {k: v for k, v in resolved.items() if k != "output"}
     what["data"] = {k: v for k, v in resolved["data"].items() if k != "dir"}
     what["family"] = family
+    weights = (resolved.get("model") or {}).get("weights")
+    if weights:  # the same path with other weights in it is another experiment
+        from ..models.pretrained import weights_digest
+
+        what["model_weights_digest"] = weights_digest(weights)
     return config_hash(what)
 
 
