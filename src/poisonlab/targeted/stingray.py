@@ -14,6 +14,12 @@ attack stops at the first retraining that gives the target the wanted class, or 
 ``max_candidates`` x N_max candidates tried (discarded ones cost a refit too). Poisons are added as new
 rows with the wanted label (copies of rows of that class). Several targets are attacked one
 after the other, each against the clean rows plus the earlier targets' poisons.
+
+On images (inputs of shape (N, C, H, W)) with a torch reference network the attack is the
+image variant of :mod:`poisonlab.targeted.stingray_images`: bases nearest in the network's
+feature space (``layer``), moved by ``steps`` signed-gradient steps inside an l_inf ball of
+``eps`` towards the target's features, the local model its last linear layer retrained.
+``max_copied`` applies to tabular rows only; ``eps``, ``steps`` and ``layer`` to images only.
 """
 from __future__ import annotations
 
@@ -24,10 +30,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..attacks.base import ATTACKS
+from ..attacks.base import ATTACKS, PoisonResult
 from ..checks import is_number, need_int
 from ..data.base import Dataset
 from ..errors import PoisonlabError, shown
+from .stingray_images import check_image_model, craft_images
 from .targets import TargetedAttack, need_fraction, perturbation_norms
 
 
@@ -46,12 +53,21 @@ class StingRayConfig:
     """Largest drop of the local model's validation accuracy a kept poison may cause."""
     max_candidates: float = 4.0
     """Candidates tried per target, as a multiple of N_max (each costs one refit; discarded ones too)."""
+    eps: float = 16 / 255
+    """Images only: the l_inf radius of a poison's change (pixel range 1)."""
+    steps: int = 100
+    """Images only: signed-gradient steps (of 2.5 eps / steps) towards the target's features."""
+    layer: str = "auto"
+    """Images only: the feature layer (``auto``: the input of the last linear layer)."""
 
 
-def _local_learner(reference: Any) -> Any:
+IMAGE_KEYS = {"eps": 16 / 255, "steps": 100, "layer": "auto"}
+TABULAR_KEYS = {"max_copied": 10}
+
+
+def _local_learner(model: Any) -> Any:
     from ..models.estimators import EstimatorModel
 
-    model = reference.model
     if not isinstance(model, EstimatorModel):
         raise PoisonlabError(f"stingray retrains local copies of the victim's learner; it needs a scikit-learn learner "
                              f"(linear-svm, random-forest, logistic-regression, ...), got {type(model).__name__}")
@@ -65,6 +81,8 @@ class StingRay(TargetedAttack):
     name = "stingray"
     config_class = StingRayConfig
     appends = True
+    _images: bool | None = None
+    """Whether ``check`` saw images (``check_model`` then checks the network), None before it."""
 
     def validate(self) -> None:
         need_fraction(self.cfg.max_poisons, "attack.max_poisons")
@@ -74,16 +92,51 @@ class StingRay(TargetedAttack):
         if not is_number(self.cfg.max_candidates) or not 1 <= float(self.cfg.max_candidates) <= 1000:
             raise PoisonlabError(f"attack.max_candidates must be in [1, 1000] (times N_max), "
                                  f"got {shown(self.cfg.max_candidates)}")
+        need_fraction(self.cfg.eps, "attack.eps")
+        need_int(self.cfg.steps, "attack.steps", 1, 100_000)
+        if not isinstance(self.cfg.layer, str) or not self.cfg.layer:
+            raise PoisonlabError(f"attack.layer must be a layer name or 'auto', got {shown(self.cfg.layer)}")
 
     def check(self, train: Dataset) -> None:
-        if train.x.dim() != 2:
-            raise PoisonlabError(f"stingray copies features of tabular rows; the data set has inputs of shape "
-                                 f"{tuple(train.x.shape[1:])} (use a feature-space data set)")
+        images = train.x.dim() == 4
+        if train.x.dim() != 2 and not images:
+            raise PoisonlabError(_tabular_only(train))
+        kind, other = ("images", TABULAR_KEYS) if images else ("tabular rows", IMAGE_KEYS)
+        for key, default in other.items():
+            if getattr(self.cfg, key) != default:
+                raise PoisonlabError(f"attack.{key} does not apply to stingray on {kind}; remove it")
+        self._images = images
         super().check(train)
+
+    def check_model(self, model: Any) -> None:
+        """Images need a torch network with the feature layer and a last linear layer; tabular
+        rows a scikit-learn learner (checked before any training)."""
+        from ..models.learners import is_torch
+
+        images = self._images
+        if images and not is_torch(model):
+            raise PoisonlabError(_images_need_torch(model))
+        if images:
+            check_image_model(model, self.cfg.layer)
+        elif images is False:
+            _local_learner(model)
+
+    def poison(self, train: Dataset, rng: np.random.Generator, reference: Any = None) -> PoisonResult:
+        if train.x.dim() == 4:
+            from ..models.learners import is_torch
+
+            model = None if reference is None else reference.model
+            if model is None:  # no torch network: only the feature-copying variant, for tabular rows
+                raise PoisonlabError(_tabular_only(train))
+            if not is_torch(model):
+                raise PoisonlabError(_images_need_torch(model))
+        return super().poison(train, rng, reference)
 
     def craft(self, train: Dataset, poison_class: int, target_x: torch.Tensor, reference: Any,
               rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
-        local = copy.deepcopy(_local_learner(reference))
+        if train.x.dim() == 4:
+            return craft_images(self.cfg, train, poison_class, target_x, reference)
+        local = copy.deepcopy(_local_learner(reference.model))
         val = reference.val
         if val is None or len(val) == 0:
             raise PoisonlabError("stingray's negative-impact test reads the attacker's clean validation rows; "
@@ -138,6 +191,17 @@ class StingRay(TargetedAttack):
                             "per_target": per_target, "clean_val_accuracy": clean_acc,
                             **{f"perturbation_{k}": v for k, v in perturbation_norms(x_new, train.x[src]).items()},
                             "features_changed_mean": float((x_new != train.x[src]).sum(1).float().mean())}
+
+
+def _tabular_only(train: Dataset) -> str:
+    return (f"stingray copies features of tabular rows; the data set has inputs of shape "
+            f"{tuple(train.x.shape[1:])} (use a feature-space data set)")
+
+
+def _images_need_torch(model: Any) -> str:
+    return (f"stingray on images crafts poisons in a torch network's feature space; the reference is "
+            f"{type(model).__name__}, not a torch network (use a CNN or MLP, or a scikit-learn learner "
+            f"on a feature-space data set)")
 
 
 def _accuracy(model: Any, data: Dataset) -> float:
