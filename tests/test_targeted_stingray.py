@@ -236,8 +236,9 @@ def test_one_line_errors():
     rng = np.random.default_rng(0)
     images = Dataset(torch.rand(6, 1, 3, 3), torch.tensor([0, 1] * 3), ["a", "b"])
     assert one_line("", attack().poison, images, rng, None) == (
-        "stingray copies features of tabular rows; the data set has inputs of shape (1, 3, 3) "
-        "(use a feature-space data set)")
+        "stingray copies features of tabular rows, or moves images in a torch network's feature space; the data "
+        "set has inputs of shape (1, 3, 3) and no torch network is given (use a torch model for images, or a "
+        "feature-space data set)")
     msg = one_line("", attack().poison, train, rng, Reference(nn.Linear(7, 2), val, CPU, 0, test))
     assert msg == ("stingray retrains local copies of the victim's learner; it needs a scikit-learn learner "
                    "(linear-svm, random-forest, logistic-regression, ...), got Linear")

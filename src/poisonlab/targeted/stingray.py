@@ -1,6 +1,6 @@
 """StingRay (Suciu, Marginean, Kaya, Daumé III, Dumitras, "When Does Machine Learning FAIL?
 Generalized Transferability for Evasion and Poisoning Attacks", USENIX Security 2018, Sec. 4)
-for feature-space learners.
+for feature-space learners, and for torch networks on images.
 
 For a target ``t`` (a test row) and the class the attacker wants for it, the training rows of
 that class are taken nearest first (Euclidean; Hamming on binary features). Each becomes a
@@ -48,7 +48,7 @@ class StingRayConfig:
     max_poisons: float = 0.005
     """N_max as a share of the training set (0.5%)."""
     max_copied: int = 10
-    """s̄: the most target features copied into one base."""
+    """Tabular rows only: s̄, the most target features copied into one base."""
     tau_ni: float = 0.01
     """Largest drop of the local model's validation accuracy a kept poison may cause."""
     max_candidates: float = 4.0
@@ -113,12 +113,13 @@ class StingRay(TargetedAttack):
         rows a scikit-learn learner (checked before any training)."""
         from ..models.learners import is_torch
 
-        images = self._images
-        if images and not is_torch(model):
+        net = is_torch(model)
+        images = net if self._images is None else self._images  # before check(): judged by the model
+        if images and not net:
             raise PoisonlabError(_images_need_torch(model))
         if images:
             check_image_model(model, self.cfg.layer)
-        elif images is False:
+        else:
             _local_learner(model)
 
     def poison(self, train: Dataset, rng: np.random.Generator, reference: Any = None) -> PoisonResult:
@@ -194,8 +195,9 @@ class StingRay(TargetedAttack):
 
 
 def _tabular_only(train: Dataset) -> str:
-    return (f"stingray copies features of tabular rows; the data set has inputs of shape "
-            f"{tuple(train.x.shape[1:])} (use a feature-space data set)")
+    return (f"stingray copies features of tabular rows, or moves images in a torch network's feature space; "
+            f"the data set has inputs of shape {tuple(train.x.shape[1:])} and no torch network is given "
+            f"(use a torch model for images, or a feature-space data set)")
 
 
 def _images_need_torch(model: Any) -> str:
