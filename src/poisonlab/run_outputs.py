@@ -63,7 +63,8 @@ def write_outputs(folder: RunFolder, cfg: ExperimentConfig, resolved: dict[str, 
             classes, np.array(b["per_class_clean_error"]),
             np.array(a["per_class_clean_error"]) if a else nan,
             np.array(a["per_class_backdoor_error"], dtype=float) if a and "per_class_backdoor_error" in a
-            else None if a and "target_success" in a else nan,
+            else nan if metrics.get("family", "backdoor") == "backdoor" and not (a and "target_success" in a)
+            else None,  # no backdoor column for a family without triggers (targeted, availability)
             victim=metrics.get("victim_label", "BadNet"),
         )
         report.write_table(folder, "seed_table", table, title=f"{cfg.name}: per-class error")

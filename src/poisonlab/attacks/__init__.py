@@ -15,6 +15,7 @@ def build_attack(raw: dict[str, Any]) -> Attack:
     return ATTACKS.get(raw["name"]).from_config(raw)
 
 
+from .. import availability as _availability  # noqa: E402,F401  (register the availability attacks)
 from .. import targeted as _targeted  # noqa: E402,F401  (register the targeted attacks)
 
 __all__ = ["ATTACKS", "Attack", "AttackTestSet", "PoisonResult", "BadNets", "BadNetsConfig", "arrays_or_dataset",

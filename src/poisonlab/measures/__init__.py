@@ -35,6 +35,6 @@ class Measure(Protocol):
 
 MEASURES: Registry[Any] = Registry("measure")
 
-from . import backdoor, subpopulation, targeted  # noqa: E402,F401  (register the measures)
+from . import availability, backdoor, subpopulation, targeted  # noqa: E402,F401  (register the measures)
 
 __all__ = ["MEASURES", "Measure"]

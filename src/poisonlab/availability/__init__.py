@@ -1,0 +1,11 @@
+"""Availability poisoning: poisons that raise the test error for everyone (label flipping;
+gradient poisoning of SVMs, logistic and ridge regression), on the step pipeline's
+``availability`` family (:mod:`poisonlab.measures.availability`). Each attack is one file
+registered in :data:`~poisonlab.attacks.ATTACKS`."""
+from __future__ import annotations
+
+from . import label_flip  # noqa: F401  (register)
+from .base import AvailabilityAttack
+from .label_flip import LabelFlip, LabelFlipConfig
+
+__all__ = ["AvailabilityAttack", "LabelFlip", "LabelFlipConfig"]
