@@ -8,20 +8,19 @@ reference (its surrogate) and the attacker's validation rows carved from the tra
 never the test set."""
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import numpy as np
 import torch
 
 from ..attacks.base import PoisonResult
-from ..config import from_dict
+from ..attacks.configured import ConfiguredAttack
 from ..data.base import Dataset
-from ..errors import PoisonlabError, shown
+from ..errors import PoisonlabError
 from ..targeted.targets import need_fraction
 
 
-class AvailabilityAttack:
+class AvailabilityAttack(ConfiguredAttack):
     """Config handling, the budget, the pipeline's calls. A subclass sets ``name`` and
     ``config_class`` (a dataclass with ``name`` and ``rate`` and its own keys) and implements
     ``craft``."""
@@ -31,31 +30,9 @@ class AvailabilityAttack:
     name = "availability"
     config_class: type = object
 
-    def __init__(self, cfg: Any = None, **params: Any) -> None:
-        if cfg is not None and params:
-            raise PoisonlabError(f"{type(self).__name__} takes a config or keyword parameters, not both")
-        if cfg is None or isinstance(cfg, dict):
-            cfg = from_dict(self.config_class, {"name": self.name, **(params if cfg is None else cfg)}, "attack")
-        elif not isinstance(cfg, self.config_class):
-            raise PoisonlabError(f"{type(self).__name__} takes a {self.config_class.__name__}, a mapping or keywords, "
-                                 f"got {shown(cfg)}")
-        self.cfg = cfg
-        need_fraction(cfg.rate, "attack.rate")
-        self.validate()
+    def setup(self) -> None:
+        need_fraction(self.cfg.rate, "attack.rate")
         self.report_: dict[str, Any] = {}
-
-    def validate(self) -> None:
-        """The subclass's own parameter checks (one-line errors)."""
-
-    @classmethod
-    def from_config(cls, raw: dict[str, Any]) -> "AvailabilityAttack":
-        return cls(from_dict(cls.config_class, dict(raw), "attack"))
-
-    def get_params(self) -> dict[str, Any]:
-        return {k: v for k, v in dataclasses.asdict(self.cfg).items() if k != "name"}
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(" + ", ".join(f"{k}={v!r}" for k, v in self.get_params().items()) + ")"
 
     def poison_count(self, train: Dataset) -> int:
         """``round(rate * N)`` poisons for ``N`` clean training rows."""

@@ -13,7 +13,6 @@ attack and its random-noise control) pick the same targets and the same rows.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 
 from ..attacks.base import AttackTestSet, PoisonResult
+from ..attacks.configured import ConfiguredAttack
 from ..checks import is_number, need_int
 from ..config import from_dict
 from ..data.base import Dataset
@@ -70,7 +70,7 @@ class TargetsConfig:
             raise PoisonlabError("attack.targets.rows applies to select: rows only; remove it")
 
 
-class TargetedAttack:
+class TargetedAttack(ConfiguredAttack):
     """Base of the targeted attacks: config handling, target choice, the evaluation set. A
     subclass sets ``name`` and ``config_class`` (a dataclass with ``name``, ``poison_class`` and
     ``targets`` keys and its own) and implements ``craft``."""
@@ -82,36 +82,15 @@ class TargetedAttack:
     name = "targeted"
     config_class: type = object
 
-    def __init__(self, cfg: Any = None, **params: Any) -> None:
-        if cfg is not None and params:
-            raise PoisonlabError(f"{type(self).__name__} takes a config or keyword parameters, not both")
-        if cfg is None or isinstance(cfg, dict):
-            cfg = from_dict(self.config_class, {"name": self.name, **(params if cfg is None else cfg)}, "attack")
-        elif not isinstance(cfg, self.config_class):
-            raise PoisonlabError(f"{type(self).__name__} takes a {self.config_class.__name__}, a mapping or keywords, "
-                                 f"got {shown(cfg)}")
+    def setup(self) -> None:
+        cfg = self.cfg
         if cfg.poison_class is not None:
             need_int(cfg.poison_class, "attack.poison_class", 0, MAX_CLASSES, "a class index")
-        self.cfg = cfg
         self.targets = from_dict(TargetsConfig, cfg.targets, "attack.targets")
         self.targets.validate()
-        self.validate()
         self.target_rows_: torch.Tensor | None = None
         self.poison_class_: int | None = None
         self.report_: dict[str, Any] = {}
-
-    def validate(self) -> None:
-        """The subclass's own parameter checks (one-line errors)."""
-
-    @classmethod
-    def from_config(cls, raw: dict[str, Any]) -> "TargetedAttack":
-        return cls(from_dict(cls.config_class, dict(raw), "attack"))
-
-    def get_params(self) -> dict[str, Any]:
-        return {k: v for k, v in dataclasses.asdict(self.cfg).items() if k != "name"}
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(" + ", ".join(f"{k}={v!r}" for k, v in self.get_params().items()) + ")"
 
     # -- checks before any training --------------------------------------------------
     def check(self, train: Dataset) -> None:
