@@ -80,3 +80,28 @@ def test_errors():
 
     one_line(r"^attack 'badnets' belongs to family 'backdoor', not 'availability'$", fam.check_attack,
              build_attack({"name": "badnets", "p": 0.1}))
+
+
+def test_grid_writes_error_against_rate(tmp_path):
+    import csv
+
+    from poisonlab.matrix import grid_from_dict, run_matrix
+
+    grid = grid_from_dict({
+        "name": "flips", "kind": "availability",
+        "base": {"device": "cpu", "data": {"name": "digits"}, "model": {"name": "logistic-regression"}},
+        "attacks": {"flip-10": {"name": "label-flip", "rate": 0.1}, "flip-40": {"name": "label-flip", "rate": 0.4}},
+        "seeds": [0, 1], "output": {"dir": str(tmp_path), "plots": True},
+    })
+    out = run_matrix(grid)
+    cells = out.metrics["cells"]
+    rows = list(csv.DictReader(open(out.path / "tables" / "error_curves.csv")))
+    assert [(r["curve"], r["defense"], float(r["rate"]), int(r["seeds"])) for r in rows] == [
+        ("label-flip", "none", 0.0, 2), ("label-flip", "none", 0.1, 2), ("label-flip", "none", 0.4, 2)]
+    for r, arm in zip(rows[1:], ("flip-10", "flip-40")):  # the mean over the arm's two seeds, by hand
+        errs = [c["summary"]["none"]["clean_error"] for c in cells if c["attack"] == arm]
+        assert float(r["test_error_mean"]) == pytest.approx(sum(errs) / 2, abs=1e-9)
+    clean = {c["seed"]: 1 - c["baseline_clean_accuracy"] for c in cells}
+    assert float(rows[0]["test_error_mean"]) == pytest.approx(sum(clean.values()) / 2, abs=1e-9)
+    assert float(rows[2]["test_error_mean"]) > float(rows[0]["test_error_mean"])  # 40% flips hurt
+    assert (out.path / "plots" / "error_curves.png").stat().st_size > 5000

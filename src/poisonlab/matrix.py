@@ -160,6 +160,8 @@ def _write(grid: Grid, cells: list[dict[str, Any]], computed: list[str], reused:
         md = report.to_markdown(table, title) + "".join(f"\n{n}" for n in notes) + "\n"
         folder.write_text("tables/matrix.md", md)
         folder.write_text("tables/matrix.csv", report.to_csv(rows))
+        if hasattr(family, "grid_outputs"):  # a family's own grid tables and plots (availability: error curves)
+            family.grid_outputs(folder, cells, grid)
         folder.write_json("metrics.json", metrics_out)
     record_run(root, {
         "id": folder.run_id, "created": time.strftime("%Y-%m-%d %H:%M:%S"), "name": grid.name,

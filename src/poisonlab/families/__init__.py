@@ -88,6 +88,6 @@ def run_config(cfg: Any, data: Any = None) -> Any:
     raise PoisonlabError(f"no attack family runs a {type(cfg).__name__}")
 
 
-from . import step_family, subpopulation  # noqa: E402,F401  (register backdoor, subpopulation)
+from . import availability, step_family, subpopulation  # noqa: E402,F401,I001  (register the families)
 
 __all__ = ["FAMILIES", "Family", "family_of", "get_family", "load_any_config", "run_config"]

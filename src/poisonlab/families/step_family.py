@@ -182,4 +182,3 @@ def attack_family(attack: dict[str, Any] | None) -> str:
 
 FAMILIES.register("backdoor")(StepFamily("backdoor", "backdoor", victim_label="BadNet"))
 FAMILIES.register("targeted")(StepFamily("targeted", "targeted", victim_label="poisoned victim"))
-FAMILIES.register("availability")(StepFamily("availability", "availability", victim_label="poisoned victim"))
