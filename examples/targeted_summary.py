@@ -9,7 +9,9 @@ attack (an "arm": a brew recipe, its noise control, a target selection) prints, 
   targets most often poisoned) and over *brews* (the k brews with the highest share of their
   targets poisoned: Jagielski et al. 2021, Table 10's shape);
 * victims' clean accuracy (mean, min) against the clean references' (mean), poison images
-  per brew, the largest perturbation, time and peak memory per cell.
+  per brew, the largest perturbation, time and peak memory per cell;
+* with defenses, per (attack, defense): targets poisoned without and with the defense (the
+  main victim retrained on what the filter kept), targets saved, poisons and clean rows removed.
 
     python examples/targeted_summary.py runs --grid matrix-mnist-gradient-matching [--json out.json]
 """
@@ -73,6 +75,46 @@ def arm_row(attack: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
     return row
 
 
+def defense_rows(attack: str, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per defense of the cells (the main victim retrained on what the filter kept): targets
+    poisoned before and after, targets saved (poisoned before, not after), the share of the
+    poisons removed (recall) and of the clean rows removed (false-positive rate), clean accuracy."""
+    names = [d for d in (runs[0].get("defenses") or {})]
+    out = []
+    for d in names:
+        before = after = saved = 0
+        recall, fpr, acc = [], [], []
+        for m in runs:
+            v, dm = m["victim"].get("target_success", []), m["defenses"][d]
+            a = dm.get("target_success", [])
+            before += sum(v)
+            after += sum(a)
+            saved += sum(1 for x, y in zip(v, a) if x and not y)
+            det = dm.get("detection") or {}
+            if "recall" in det:
+                recall.append(det["recall"])
+                fpr.append(det["fpr"])
+            acc.append(dm.get("clean_accuracy"))
+        targets = sum(len(m["victim"].get("target_success", [])) for m in runs)
+        out.append({"attack": attack, "defense": d, "targets": targets, "poisoned_before": before,
+                    "poisoned_after": after, "saved": saved,
+                    "poisons_removed": sum(recall) / len(recall) if recall else None,
+                    "clean_removed": sum(fpr) / len(fpr) if fpr else None,
+                    "clean_acc_after": sum(a for a in acc if a is not None) / max(1, sum(a is not None for a in acc))})
+    return out
+
+
+def defense_markdown(rows: list[dict[str, Any]]) -> str:
+    head = ["attack", "defense", "targets", "poisoned (no defense)", "poisoned (defended)", "targets saved",
+            "poisons removed", "clean rows removed", "clean acc. (defended)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        lines.append("| " + " | ".join([r["attack"], r["defense"], str(r["targets"]), str(r["poisoned_before"]),
+                                        str(r["poisoned_after"]), str(r["saved"]), pct(r["poisons_removed"]),
+                                        pct(r["clean_removed"]), pct(r["clean_acc_after"])]) + " |")
+    return "\n".join(lines)
+
+
 def pct(v: Any) -> str:
     return "–" if v is None else f"{100 * v:.1f}%"
 
@@ -108,12 +150,15 @@ def main(argv: list[str] | None = None) -> int:
                 raise PoisonlabError(f"cell run {cell['run_id']} is missing from {a.store}; run the grid again")
             by_attack.setdefault(cell["attack"], []).append(json.loads(path.read_text()))
         rows = [arm_row(k, v) for k, v in by_attack.items()]
+        defended = [r for k, v in by_attack.items() for r in defense_rows(k, v)]
     except PoisonlabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(markdown(rows))
+    if defended:  # the main victim of each cell, retrained on what each filter kept
+        print("\n" + defense_markdown(defended))
     if a.json:
-        a.json.write_text(json.dumps(rows, indent=1) + "\n")
+        a.json.write_text(json.dumps({"arms": rows, "defenses": defended}, indent=1) + "\n")
     return 0
 
 
