@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
 
 from poisonlab.data import load_dataset
 from poisonlab.data.splits import limit_rows

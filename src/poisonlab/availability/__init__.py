@@ -4,8 +4,9 @@ gradient poisoning of SVMs, logistic and ridge regression), on the step pipeline
 registered in :data:`~poisonlab.attacks.ATTACKS`."""
 from __future__ import annotations
 
-from . import label_flip  # noqa: F401  (register)
+from . import gradient_poisoning, label_flip  # noqa: F401  (register)
 from .base import AvailabilityAttack
+from .gradient_poisoning import GradientPoisoning, GradientPoisoningConfig
 from .label_flip import LabelFlip, LabelFlipConfig
 
-__all__ = ["AvailabilityAttack", "LabelFlip", "LabelFlipConfig"]
+__all__ = ["AvailabilityAttack", "GradientPoisoning", "GradientPoisoningConfig", "LabelFlip", "LabelFlipConfig"]
