@@ -105,3 +105,16 @@ def test_grid_writes_error_against_rate(tmp_path):
     assert float(rows[0]["test_error_mean"]) == pytest.approx(sum(clean.values()) / 2, abs=1e-9)
     assert float(rows[2]["test_error_mean"]) > float(rows[0]["test_error_mean"])  # 40% flips hurt
     assert (out.path / "plots" / "error_curves.png").stat().st_size > 5000
+
+
+def test_attacker_loss_plot_only_for_an_optimised_attack(tmp_path):
+    def run(attack):
+        _, cfg = load_any_config(None, [], device="cpu", attack=attack, model={"name": "logistic-regression"},
+                                 data={"name": "digits", "classes": [1, 7]},
+                                 output={"dir": str(tmp_path), "plots": True, "save_weights": False})
+        return run_config(cfg).path
+
+    optimised = run({"name": "gradient-poisoning", "rate": 0.03, "steps": 2})
+    assert (optimised / "plots" / "attacker_loss.png").stat().st_size > 3000
+    flipped = run({"name": "label-flip", "rate": 0.1})
+    assert (flipped / "plots").is_dir() and not (flipped / "plots" / "attacker_loss.png").exists()

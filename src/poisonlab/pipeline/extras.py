@@ -40,4 +40,4 @@ def run_stage(ctx: Any, stage: str) -> None:
 
 # registered in run order
 from . import extra_transfer, extra_traffic, extra_neurons, extra_pruning_aware, extra_victim_seeds  # noqa: E402,F401,I001
-from . import extra_targeted_plot  # noqa: E402,F401
+from . import extra_targeted_plot, extra_attacker_loss  # noqa: E402,F401,I001
