@@ -118,3 +118,21 @@ def test_attacker_loss_plot_only_for_an_optimised_attack(tmp_path):
     assert (optimised / "plots" / "attacker_loss.png").stat().st_size > 3000
     flipped = run({"name": "label-flip", "rate": 0.1})
     assert (flipped / "plots").is_dir() and not (flipped / "plots" / "attacker_loss.png").exists()
+
+
+def test_defenses_apply_to_availability_attacks(tmp_path):
+    _, cfg = load_any_config(None, [], device="cpu", data={"name": "digits", "classes": [3, 8]},
+                             model={"name": "mlp", "options": {"hidden": []}},
+                             train={"epochs": 10, "optimizer": "adam", "lr": 0.01},
+                             attack={"name": "label-flip", "rate": 0.2},
+                             defenses=[{"name": "trim"}, {"name": "sever"}, {"name": "oracle-filter"},
+                                       {"name": "random-filter"}],
+                             output={"dir": str(tmp_path), "plots": False, "save_weights": False})
+    m = run_config(cfg).metrics
+    d = m["defenses"]
+    n_poison = m["attack"]["n_poison"]
+    assert set(d) == {"trim", "sever", "oracle-filter", "random-filter"}
+    assert d["oracle-filter"]["detection"]["recall"] == 1.0 and d["oracle-filter"]["n_removed"] == n_poison
+    assert d["random-filter"]["n_removed"] == n_poison
+    for name in d:  # no class is the attack's target: no per-target-class removal is reported
+        assert "target_class_clean_removed" not in d[name] and 0 <= d[name]["clean_error"] <= 1

@@ -27,6 +27,8 @@ class AvailabilityAttack(ConfiguredAttack):
 
     family = "availability"
     uses_reference = True
+    filter_target: int | None = None
+    """No class is the attack's target: filters report no per-target-class removal."""
     name = "availability"
     config_class: type = object
 

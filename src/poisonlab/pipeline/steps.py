@@ -167,6 +167,7 @@ def filter_context(ctx: Context) -> FilterContext:
     a = ctx.cfg.attack or {}
     target = a.get("target", 0) if a.get("labels", "single-target") == "single-target" else None
     target = getattr(ctx.attack, "poison_class_", target)  # a targeted attack: the class its poisons serve
+    target = getattr(ctx.attack, "filter_target", target)  # an availability attack: none
     return FilterContext(ctx.poison.dataset, ctx.poison.poison_mask,
                          lambda ds, name: fit_poisoned(ctx, ds, f"retrain ({name})").model, target, ctx.val)
 
