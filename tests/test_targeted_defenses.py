@@ -109,3 +109,21 @@ def test_gradient_attacks_refuse_an_estimator_before_training():
                                                  r"is not a torch network with parameters"):
             attack.check_model(est)
     RandomNoise().check_model(est)  # noise needs no gradients
+
+
+def test_filters_defend_the_main_victim_and_further_victims_get_the_rest(tmp_path, one_thread):
+    """With victim.seeds, filters retrain the main victim; a further victim is defended only by
+    defenses that act on a trained model alone (here fine-tuning), never refused."""
+    from poisonlab.families import load_any_config, run_config
+
+    _, cfg = load_any_config(None, [], device="cpu", data={"name": "digits"}, model={"name": "digits-cnn"},
+                             train={"epochs": 2},
+                             attack={"name": "feature-collision", "poison_class": 3, "iterations": 5,
+                                     "targets": {"n": 2}},
+                             victim={"seeds": [5]},
+                             defenses=[{"name": "deep-knn"}, {"name": "oracle-filter"}, {"name": "fine-tuning"}],
+                             output={"dir": str(tmp_path), "plots": False, "save_weights": False})
+    m = run_config(cfg).metrics
+    assert sorted(m["defenses"]) == ["deep-knn", "fine-tuning", "oracle-filter"]
+    assert m["defenses"]["oracle-filter"]["n_removed"] == m["attack"]["n_poison"] == 2
+    assert sorted(m["victim_seed_5"]["defenses"]) == ["fine-tuning"]
