@@ -122,8 +122,10 @@ def run(
     """Run an experiment: fit the clean reference, poison, fit the victim, defend, measure, save a run folder.
 
     The attack family is the config's family: key, else its attack's (BadNets: backdoor;
-    feature-collision, gradient-matching, random-noise, stingray, influence: targeted).
-    A subpopulation config (family: subpopulation) runs its sweep, as poisonlab subpop does."""
+    feature-collision, gradient-matching, random-noise, stingray, influence: targeted;
+    label-flip, gradient-poisoning: availability). Without an attack: the clean model only
+    (--save-reference keeps its weights). A subpopulation config (family: subpopulation) runs its
+    sweep, as poisonlab subpop does."""
     if device is not None and device not in ("cpu", "cuda", "auto"):
         raise PoisonlabError(f"--device must be cpu, cuda or auto, got '{device}'")
     _run_config(config, _paths(set_, data_dir, output, download), quiet, trust_code, seed=seed, device=device,
