@@ -158,3 +158,41 @@ def test_weights_and_save_reference_errors(tmp_path, capsys):
     err = capsys.readouterr().err
     assert exc.value.code != 0 and "--save-reference writes safetensors; name a .safetensors file" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_cached_features_train_the_last_layer_as_the_whole_network_would(one_thread):
+    """fit_last_layer (features computed once) against LastLayerOnly (a forward pass of the frozen
+    layers every batch): the same seed, batches and updates, so the same last layer."""
+    from poisonlab.data.base import Dataset
+    from poisonlab.models.freeze import LastLayerOnly, fit_last_layer
+    from poisonlab.train import train_model
+
+    g = torch.Generator().manual_seed(4)
+    data = Dataset(torch.rand(96, *SHAPE, generator=g), torch.randint(0, 3, (96,), generator=g), ["a", "b", "c"])
+    val = Dataset(torch.rand(32, *SHAPE, generator=g), torch.randint(0, 3, (32,), generator=g), ["a", "b", "c"])
+    torch.manual_seed(5)
+    a = build_model("small-cnn", SHAPE, 3, {"width": 2, "convs_per_block": 1})
+    b = copy.deepcopy(a)
+    cfg = TrainConfig(epochs=3, batch_size=16, lr=0.1, trainable="last", select="best-val")
+    ra = fit_last_layer(a, data, cfg, 0, "cpu", val, "cached")
+    wrapped = LastLayerOnly(b, "fc2")
+    rb = train_model(wrapped, data, cfg, seed=0, val=val, desc="full")
+    wrapped.release()
+    for k, v in a.state_dict().items():
+        assert torch.allclose(v, b.state_dict()[k], atol=1e-5), k
+    assert ra.chosen_epoch == rb.chosen_epoch and len(ra.history) == len(rb.history) == 3
+
+    class Scaled(torch.nn.Module):  # a layer after the last linear one: trained the long way, still right
+        def __init__(self):
+            super().__init__()
+            self.net = build_model("mlp", (64,), 3, {"hidden": [5]})
+
+        def forward(self, x):
+            return 2 * self.net(x.reshape(len(x), -1))
+
+    torch.manual_seed(6)
+    s = Scaled()
+    before = copy.deepcopy(s.state_dict())
+    fit_last_layer(s, data, TrainConfig(epochs=1, batch_size=16, lr=0.1, trainable="last"), 0, "cpu", None, "s")
+    moved = sorted(k for k, v in s.state_dict().items() if not torch.equal(v, before[k]))
+    assert moved == ["net.out.bias", "net.out.weight"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..errors import PoisonlabError
@@ -45,3 +46,49 @@ class LastLayerOnly(nn.Module):
         for p in self.inner.parameters():
             p.requires_grad_(True)
         return self.inner
+
+
+def last_layer_inputs(model: nn.Module, layer: nn.Module, x: torch.Tensor, batch_size: int,
+                      device: torch.device | str) -> torch.Tensor:
+    """What ``layer`` receives for each row of ``x``, ``model`` in eval mode (CPU float tensor)."""
+    got: list[torch.Tensor] = []
+    handle = layer.register_forward_hook(lambda _m, inp, _out: got.append(inp[0].detach().float().cpu()))
+    try:
+        model.eval()
+        with torch.no_grad():
+            for start in range(0, len(x), batch_size):
+                model(x[start:start + batch_size].to(device))
+    finally:
+        handle.remove()
+    return torch.cat(got) if got else torch.zeros(0)
+
+
+def fit_last_layer(model: nn.Module, data: Any, cfg: Any, seed: int, device: torch.device | str,
+                   val: Any, desc: str) -> Any:
+    """``train.trainable: last``: the frozen layers' output (the last linear layer's input) is
+    computed once per row in eval mode, then the last linear layer alone is trained on it by the
+    same trainer, seed and settings: the same optimisation as through the whole network (whose
+    frozen part gives each row the same features every epoch), without a forward pass of the
+    frozen layers per epoch. A model whose last linear layer is not its output (a layer after
+    it) is trained through :class:`LastLayerOnly` instead."""
+    from ..data.base import Dataset
+    from ..train import train_model
+
+    name = last_linear(model)
+    layer = model.get_submodule(name)
+    model.to(device)
+    feats = last_layer_inputs(model, layer, data.x, cfg.eval_batch_size, device)
+    with torch.no_grad():
+        probe = data.x[:4].to(device)
+        direct = model(probe).float().cpu()
+        through = layer(feats[:4].to(device)).float().cpu()
+    if direct.shape != through.shape or not torch.allclose(direct, through, rtol=1e-4, atol=1e-5):
+        wrapped = LastLayerOnly(model, name)
+        try:
+            return train_model(wrapped, data, cfg, seed=seed, device=device, val=val, desc=desc)
+        finally:
+            wrapped.release()
+    train = Dataset(feats, data.y, list(data.classes))
+    held = None if val is None else Dataset(last_layer_inputs(model, layer, val.x, cfg.eval_batch_size, device),
+                                            val.y, list(val.classes))
+    return train_model(layer, train, cfg, seed=seed, device=device, val=held, desc=desc)

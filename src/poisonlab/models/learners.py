@@ -90,13 +90,9 @@ def fit_learner(model: nn.Module, data: Dataset, train_cfg: TrainConfig, seed: i
         raise PoisonlabError(f"cannot train {describe(model)}: it is neither a torch network with parameters "
                              "nor a scikit-learn estimator")
     if train_cfg.trainable == "last":
-        from .freeze import LastLayerOnly, last_linear
+        from .freeze import fit_last_layer
 
-        wrapped = LastLayerOnly(model, last_linear(model))
-        try:
-            return train_model(wrapped, data, train_cfg, seed=seed, device=device, val=val, desc=desc)
-        finally:
-            wrapped.release()
+        return fit_last_layer(model, data, train_cfg, seed, device, val, desc)
     return train_model(model, data, train_cfg, seed=seed, device=device, val=val, desc=desc)
 
 
