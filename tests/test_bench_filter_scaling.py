@@ -71,3 +71,5 @@ def test_brew_cost_bench_quick_run_writes_its_numbers(tmp_path):
     assert (gm["poisons"], gm["steps"], fc["poisons"], fc["iterations"]) == (12, 3, 4, 5)
     assert gm["seconds_per_poison_image"] == gm["seconds"] / 12 and fc["seconds_per_poison_image"] == fc["seconds"] / 4
     assert got["victim_from_scratch"]["rows"] == 600 and got["victim_last_layer"]["images_per_second"] > 0
+    three = got["victim_last_layer_3_epochs"]
+    assert three["speedup"] == three["through_frozen_layers_seconds"] / three["cached_features_seconds"]
