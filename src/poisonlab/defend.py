@@ -119,7 +119,10 @@ def run_defenses(defenses: list[tuple[str, Any]], model: nn.Module, val: Dataset
         if outcome.removed is not None and "detection" not in reported:  # any filter gets the detection report
             reported = {**removal_report(np.asarray(outcome.removed, dtype=bool), inputs), **reported}
         entry = {**measured, "defense_seconds": seconds, "peak_rss_mb": peak_rss_mb(), **reported}
-        entry["clean_accuracy_drop"] = undefended["clean_accuracy"] - measured["clean_accuracy"]
+        if "clean_accuracy" in measured and "clean_accuracy" in undefended:
+            entry["clean_accuracy_drop"] = undefended["clean_accuracy"] - measured["clean_accuracy"]
+        if "test_mse" in measured and "test_mse" in undefended:  # regression
+            entry["test_mse_change"] = measured["test_mse"] - undefended["test_mse"]
         result.metrics[name] = entry
         # the Fine-Pruning family reports the share pruned (0 for fine-tuning); others prune nothing ("–")
         pruned = outcome.curve.fraction_pruned if outcome.curve else (
@@ -147,15 +150,21 @@ COLUMNS = [report.Column("attack"), report.Column("defense"), report.Column("cle
 
 def defense_table(rows: list[dict[str, Any]]) -> report.Table:
     """Rows of :func:`run_defenses` as a table written twice (markdown for people, numbers in the CSV)."""
+    if any(r.get("test MSE") is not None for r in rows):  # regression: the test MSE for the accuracy
+        keep = ("attack", "defense", "poisons removed", "seconds", "peak MiB")
+        mse = report.Column("test MSE", lambda v, row: f"{v:.4g}")
+        return report.Table(rows, [COLUMNS[0], COLUMNS[1], mse, *(c for c in COLUMNS[2:] if c.name in keep)])
     return report.Table(rows, COLUMNS)
 
 
 def _row(attack: str, name: str, m: dict[str, Any], undefended: dict[str, Any], pruned: float | None) -> dict[str, Any]:
     defended = name != "none"
     rejects = "clean_rejected_rate" in m
-    return {"attack": attack, "defense": name, "clean accuracy": m["clean_accuracy"],
+    drop = defended and "clean_accuracy" in m and "clean_accuracy" in undefended
+    return {"attack": attack, "defense": name, "clean accuracy": m.get("clean_accuracy"),
+            "test MSE": m.get("test_mse"),
             "attack success": m.get("attack_success_rate"), "channels pruned": pruned,
-            "accuracy drop": undefended["clean_accuracy"] - m["clean_accuracy"] if defended else None,
+            "accuracy drop": undefended["clean_accuracy"] - m["clean_accuracy"] if drop else None,
             "poisons removed": m["detection"]["recall"] if "detection" in m else None,
             "clean target rows removed": m.get("target_class_clean_removed") if "detection" in m else None,
             "inputs rejected (clean / triggered)": True if rejects else None,

@@ -28,10 +28,14 @@ def victim_metrics(metrics: dict[str, Any]) -> dict[str, Any] | None:
 
 def summarize(metrics: dict[str, Any]) -> dict[str, Any]:
     """The key numbers of a run (for ``poisonlab runs``)."""
-    out = {"baseline_clean_acc": metrics["baseline"]["clean_accuracy"]}
+    out = {"baseline_clean_acc": metrics["baseline"].get("clean_accuracy")}
+    if "test_mse" in metrics["baseline"]:  # regression
+        out["baseline_test_mse"] = metrics["baseline"]["test_mse"]
     victim = victim_metrics(metrics)
     if victim is not None:
-        out.update({"victim_clean_acc": victim["clean_accuracy"],
+        if "test_mse" in victim:
+            out["victim_test_mse"] = victim["test_mse"]
+        out.update({"victim_clean_acc": victim.get("clean_accuracy"),
                     "attack_success": victim.get("attack_success_rate"),
                     "n_poison": metrics["attack"]["n_poison"]})
     if "pruning_aware" in metrics:
@@ -109,9 +113,13 @@ def summary_table(metrics: dict[str, Any]) -> report.Table:
         if m is None:
             continue
         rows.append({"model": label, "clean accuracy": m.get("clean_accuracy"), "clean error": m.get("clean_error"),
+                     "test MSE": m.get("test_mse"),
                      "attack success": m.get("attack_success_rate"), "backdoor error": m.get("backdoor_error"),
                      "train s": m["train_seconds"], "eval s": m.get("eval_seconds"),
                      "from_cache": bool(m.get("from_cache"))})
+    if any(r["test MSE"] is not None for r in rows):  # regression: MSE in place of accuracy and error
+        mse = report.Column("test MSE", lambda v, row: f"{v:.4g}")
+        return report.Table(rows, [SUMMARY_COLUMNS[0], mse, *SUMMARY_COLUMNS[5:]])
     return report.Table(rows, SUMMARY_COLUMNS)
 
 

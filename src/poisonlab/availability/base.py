@@ -40,8 +40,11 @@ class AvailabilityAttack(ConfiguredAttack):
         """``round(rate * N)`` poisons for ``N`` clean training rows."""
         return int(round(float(self.cfg.rate) * len(train)))
 
+    regression = False
+    """Whether the attack poisons regression data (``data.options.task: regression``)."""
+
     def check(self, train: Dataset) -> None:
-        if train.num_classes < 2:
+        if not train.is_regression and train.num_classes < 2:
             raise PoisonlabError("an availability attack needs at least two classes")
         n = self.poison_count(train)
         if n < 1:

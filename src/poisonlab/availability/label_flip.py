@@ -5,7 +5,11 @@ get another label, their inputs unchanged.
 ``strategy: random`` flips rows drawn at random, each to another class drawn uniformly (the
 other class for a binary task): the baseline every optimised attack must beat. ``greedy``
 (any learner, through a scikit-learn surrogate) and ``alfa`` (binary SVMs, Xiao et al. 2012)
-choose the flips adversarially: :mod:`poisonlab.availability.adversarial_flip`."""
+choose the flips adversarially: :mod:`poisonlab.availability.adversarial_flip`.
+
+On regression data ``strategy: random`` is the random-flip baseline of Jagielski et al. (S&P
+2018): the responses of random rows become ``low + high - y`` (``1 - y`` on the ``[0, 1]``
+range of the paper's data, else the training responses' range)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -52,6 +56,8 @@ class LabelFlip(AvailabilityAttack):
 
     name = "label-flip"
     config_class = LabelFlipConfig
+    regression = True
+    """``strategy: random`` only (see module docstring)."""
 
     def validate(self) -> None:
         c = self.cfg
@@ -67,6 +73,9 @@ class LabelFlip(AvailabilityAttack):
         adversarial_flip.check_surrogate_spec(c.surrogate)
 
     def check(self, train: Dataset) -> None:
+        if train.is_regression and self.cfg.strategy != "random":
+            raise PoisonlabError(f"attack.strategy {self.cfg.strategy} is not supported for regression (data.options."
+                                 "task: regression); use strategy random (y -> 1 - y), optp or statp")
         super().check(train)
         if self.poison_count(train) > len(train):
             raise PoisonlabError(f"attack.rate {self.cfg.rate} flips more rows than the {len(train)} there are")
@@ -81,9 +90,22 @@ class LabelFlip(AvailabilityAttack):
     def craft(self, train: Dataset, n_poison: int, reference: Any,
               rng: np.random.Generator) -> tuple[PoisonResult, dict[str, Any]]:
         pick = None
+        if train.is_regression:
+            return self._flip_responses(train, n_poison, rng)
         if self.cfg.strategy == "random":
             rows = torch.from_numpy(np.sort(rng.choice(len(train), size=n_poison, replace=False)).astype(np.int64))
             pick = rows.numpy(), other_labels(train.y[rows], train.num_classes, rng).numpy()
         rows, labels, report = adversarial_flip.choose_flips(self.cfg, train, n_poison, reference, rng, pick)
         result = relabel_rows(train, torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(labels))
         return result, {"n_flipped": len(rows), "strategy": self.cfg.strategy, **report}
+
+    def _flip_responses(self, train: Dataset, n_poison: int,
+                        rng: np.random.Generator) -> tuple[PoisonResult, dict[str, Any]]:
+        """Regression: random rows' responses ``y -> low + high - y`` (see module docstring)."""
+        from .regression import unit_or_range
+
+        y = train.y.double().numpy()
+        low, high = (float(v[0]) for v in unit_or_range(y))
+        rows = np.sort(rng.choice(len(train), size=n_poison, replace=False)).astype(np.int64)
+        result = relabel_rows(train, torch.from_numpy(rows), torch.from_numpy(low + high - y[rows]))
+        return result, {"n_flipped": len(rows), "strategy": "random", "response_low": low, "response_high": high}

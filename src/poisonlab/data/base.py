@@ -2,7 +2,9 @@
 
 Everything flows as tensors held in memory (DESIGN.md, "One path for the data"):
 images are float32 NCHW in [0, 1], tabular rows are float32 feature vectors, labels are
-int64. Optional per-row metadata (e.g. Adult's education/race/sex) rides along.
+int64. A regression set (Jagielski et al., S&P 2018) has no classes (``classes == []``,
+``num_classes == 0``) and float responses ``y``: :attr:`Dataset.is_regression`. Optional
+per-row metadata (e.g. Adult's education/race/sex) rides along.
 """
 from __future__ import annotations
 
@@ -35,7 +37,8 @@ class Dataset:
     def __post_init__(self) -> None:
         if len(self.x) != len(self.y):
             raise ValueError(f"x has {len(self.x)} rows but y has {len(self.y)}")
-        self.y = self.y.to(torch.int64)
+        if self.classes or not self.y.is_floating_point():  # a regression set keeps its float responses
+            self.y = self.y.to(torch.int64)
 
     def __len__(self) -> int:
         return len(self.y)
@@ -43,6 +46,11 @@ class Dataset:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def is_regression(self) -> bool:
+        """No classes and float responses: a regression set (``data.options.task: regression``)."""
+        return not self.classes and self.y.is_floating_point()
 
     @property
     def is_image(self) -> bool:

@@ -43,6 +43,10 @@ def keep_classes(data: "Dataset", classes: list[int] | None, where: str = "data.
 
     from ..errors import PoisonlabError
 
+    if data.is_regression:
+        raise PoisonlabError(f"{where} picks classes, but the data are regression (data.options.task: regression) "
+                             "and have none; remove it")
+
     c = data.num_classes
     for k in classes:
         if not 0 <= k < c:

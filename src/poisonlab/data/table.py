@@ -10,6 +10,12 @@ strings, object arrays) are kept in ``Dataset.meta`` under the column's name (fo
 FeatureMatch). Missing: an empty cell, ``?``, ``NA``, ``N/A``, ``NaN``, ``nan``. Labels
 are mapped to classes in sorted order (numerically when they are all numbers).
 
+``task: regression`` keeps the label column as a float32 response instead (every value a
+finite number; no classes: :attr:`~poisonlab.data.base.Dataset.is_regression`), the test
+split then drawn at random, not stratified (Jagielski et al., S&P 2018, arXiv 1804.00308).
+``standardize: false`` keeps numeric features as they are (their [0, 1] range and binary
+columns, as in the paper's preprocessed sets).
+
 The test set is ``test_path`` (another file with the same columns) or a stratified
 ``test_fraction`` of the rows drawn with ``split_seed``. CSV is read with the csv module
 (``delimiter``, default ``,``; CRLF or LF), as a regular file under
@@ -40,6 +46,7 @@ from .user_data import (
     fraction_option,
     list_option,
     resolve_path,
+    random_split,
     seed_option,
     sort_labels,
     stratified_split,
@@ -56,8 +63,25 @@ def _delimiter(v: Any, where: str) -> str:
     raise PoisonlabError(f"{where} must be one character (e.g. ',' or ';' or '\\t'), got {shown(v)}")
 
 
+TASKS = ("classification", "regression")
+
+
+def _task(v: Any, where: str) -> str:
+    if v in TASKS:
+        return str(v)
+    raise PoisonlabError(f"{where} must be classification or regression, got {shown(v)}")
+
+
+def _flag(v: Any, where: str) -> bool:
+    if isinstance(v, bool):
+        return v
+    raise PoisonlabError(f"{where} must be true or false, got {shown(v)}")
+
+
 COMMON = {
     "label": text_option(required=True),
+    "task": Option("classification", _task),
+    "standardize": Option(True, _flag),
     "test_path": text_option(),
     "test_fraction": fraction_option(0.2),
     "split_seed": seed_option(),
@@ -183,7 +207,8 @@ class TableEncoder:
     kinds: tuple[tuple[Any, ...], ...]
 
     @classmethod
-    def fit(cls, names: list[str], train: list[list[str]], numeric: list[bool]) -> TableEncoder:
+    def fit(cls, names: list[str], train: list[list[str]], numeric: list[bool],
+            standardize: bool = True) -> TableEncoder:
         kinds: list[tuple[Any, ...]] = []
         for values, is_num in zip(train, numeric):
             if is_num:
@@ -191,6 +216,9 @@ class TableEncoder:
                 present = arr[~np.isnan(arr)]
                 mean = float(present.mean()) if len(present) else 0.0
                 std = float(present.std()) if len(present) else 1.0
+                if not standardize:  # kept as is; a missing value still becomes the training mean
+                    kinds.append(("num", mean, 1.0, 0.0))
+                    continue
                 kinds.append(("num", mean, std if std > 0 else 1.0))
             else:
                 kinds.append(("cat", tuple(sorted({_category(v) for v in values}))))
@@ -211,9 +239,9 @@ class TableEncoder:
         meta: dict[str, np.ndarray] = {}
         for name, kind, values in zip(self.columns, self.kinds, columns):
             if kind[0] == "num":
-                _, mean, std = kind
+                mean, std, centre = kind[1], kind[2], (kind[3] if len(kind) > 3 else kind[1])
                 arr = np.array([mean if v in MISSING else float(v) for v in values], dtype=np.float64)
-                blocks.append(((arr - mean) / std).astype(np.float32).reshape(n, 1))
+                blocks.append(((arr - centre) / std).astype(np.float32).reshape(n, 1))
                 continue
             raw = np.array([_category(v) for v in values], dtype=object)
             index = {v: i for i, v in enumerate(kind[1])}
@@ -265,6 +293,8 @@ def build_split(train: Table, test: Table | None, options: dict[str, Any]) -> tu
         raise PoisonlabError(f"{train.source}: no data rows after the header")
     y_raw = _labels(train, li)
     y_test_raw = _labels(test, li) if test is not None else None
+    if options.get("task") == "regression":
+        return _regression_split(train, test, options, li, dropped, forced, y_raw, y_test_raw)
     classes = sort_labels(set(y_raw) | set(y_test_raw or []))
     index = {c: i for i, c in enumerate(classes)}
     y = np.array([index[v] for v in y_raw], dtype=np.int64)
@@ -284,11 +314,48 @@ def build_split(train: Table, test: Table | None, options: dict[str, Any]) -> tu
         y, y_test = y[tr_idx], y[te_idx]
     else:
         y_test = np.array([index[v] for v in y_test_raw or []], dtype=np.int64)
-    encoder = TableEncoder.fit(names, tr_cols, numeric)
+    encoder = TableEncoder.fit(names, tr_cols, numeric, options.get("standardize", True))
     x_tr, meta_tr = encoder.transform(tr_cols)
     x_te, meta_te = encoder.transform(te_cols)
     return DataSplit(Dataset(torch.from_numpy(x_tr), torch.from_numpy(y), classes, meta_tr),
                      Dataset(torch.from_numpy(x_te), torch.from_numpy(y_test), list(classes), meta_te)), encoder
+
+
+def _responses(table: Table, col: int, values: list[str]) -> np.ndarray:
+    """The label column as float responses; a one-line error at the first value that is no number."""
+    out = np.empty(len(values), dtype=np.float64)
+    for i, v in enumerate(values):
+        f = _number(v)
+        if f is None:
+            raise PoisonlabError(f"{table.source} {table.where(i)}: the response '{table.header[col]}' is "
+                                 f"{shown(v)}, not a finite number (task: regression)")
+        out[i] = f
+    return out
+
+
+def _regression_split(train: Table, test: Table | None, options: dict[str, Any], li: int, dropped: set[int],
+                      forced: set[int], y_raw: list[str], y_test_raw: list[str] | None) -> tuple[DataSplit,
+                                                                                                TableEncoder]:
+    """:func:`build_split` for ``task: regression``: float32 responses, no classes, a random test split."""
+    y = _responses(train, li, y_raw)
+    y_test = _responses(test, li, y_test_raw) if test is not None and y_test_raw is not None else None
+    feats = [i for i in range(len(train.header)) if i != li and i not in dropped]
+    names = [train.header[i] for i in feats]
+    tr_cols = [train.columns[i] for i in feats]
+    te_cols = [test.columns[i] for i in feats] if test is not None else None
+    numeric = [i not in forced and _is_numeric(c) and (te_cols is None or _is_numeric(te_cols[k]))
+               for k, (i, c) in enumerate(zip(feats, tr_cols))]
+    if te_cols is None:
+        tr_idx, te_idx = random_split(len(y), options["test_fraction"], options["split_seed"], train.source)
+        te_cols = [[c[j] for j in te_idx] for c in tr_cols]
+        tr_cols = [[c[j] for j in tr_idx] for c in tr_cols]
+        y, y_test = y[tr_idx], y[te_idx]
+    encoder = TableEncoder.fit(names, tr_cols, numeric, options.get("standardize", True))
+    x_tr, meta_tr = encoder.transform(tr_cols)
+    x_te, meta_te = encoder.transform(te_cols)
+    as_y = lambda a: torch.from_numpy(np.asarray(a, dtype=np.float32))  # noqa: E731
+    return DataSplit(Dataset(torch.from_numpy(x_tr), as_y(y), [], meta_tr),
+                     Dataset(torch.from_numpy(x_te), as_y(y_test), [], meta_te)), encoder
 
 
 def _load(read: Callable[[Path], Table]) -> Callable[[Path, dict[str, Any]], DataSplit]:

@@ -137,6 +137,17 @@ def stratified_split(y: np.ndarray, fraction: float, seed: int, source: str) -> 
     return np.flatnonzero(mask), test_idx
 
 
+def random_split(n: int, fraction: float, seed: int, source: str) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted (train, test) row indices, ``round(fraction * n)`` random rows (at least 1, at most
+    ``n - 1``) to test, seeded by ``seed``: the split of a regression table (no classes to stratify)."""
+    k = min(max(round(fraction * n), 1), n - 1)
+    if k < 1:
+        raise PoisonlabError(f"{source}: {n} rows are too few for a test split (test_fraction {fraction:g}); "
+                             "add rows or give a separate test set")
+    perm = np.random.default_rng([seed, 0x5E2]).permutation(n)
+    return np.sort(perm[k:]), np.sort(perm[:k])
+
+
 def sort_labels(values: set[str]) -> list[str]:
     """Label strings in order: numerically when every one is a number (``2 < 10``), else as strings."""
     try:

@@ -151,7 +151,10 @@ def removal_report(remove: np.ndarray, ctx: DefenseInputs) -> dict[str, Any]:
     out: dict[str, Any] = {"n_removed": int(remove.sum()), "removed_share": float(remove.mean()) if len(remove) else 0.0}
     if ctx.poison_mask is not None:
         poison = ctx.poison_mask.numpy() if isinstance(ctx.poison_mask, torch.Tensor) else np.asarray(ctx.poison_mask)
-        m = detection_metrics(remove, poison, ctx.train.y.numpy(), ctx.train.num_classes)
+        if ctx.train.is_regression:  # no classes: the detection counts only (one "class")
+            m = detection_metrics(remove, poison, np.zeros(len(ctx.train), dtype=np.int64), 1)
+        else:
+            m = detection_metrics(remove, poison, ctx.train.y.numpy(), ctx.train.num_classes)
         out["detection"] = m
         if ctx.target is not None:
             out["target_class_clean_removed"] = m["clean_removed_share_per_class"][ctx.target]

@@ -4,8 +4,9 @@ Each trains a defended model from the experiment's (possibly poisoned) training 
 repairing the suspect model:
 
 * ``trim`` (:func:`~poisonlab.defenses.robust_training.trim`): the victim's own learner
-  (``ctx.retrain``) fitted, the rows of highest cross-entropy trimmed, refitted, until the kept
-  set is stable; removes ``n - keep`` rows;
+  (``ctx.retrain``) fitted, the rows of highest cross-entropy trimmed (on regression data, of
+  highest squared residual: Jagielski et al. 2018, Algorithm 2), refitted, until the kept set
+  is stable; removes ``n - keep`` rows;
 * ``sever`` (:func:`~poisonlab.defenses.robust_training.sever`): ``rounds`` rounds of fitting
   and removing the rows whose last-layer gradients project most on the top singular direction;
 * ``certified`` (:class:`~poisonlab.defenses.certified.SmoothedRidge`, Rosenfeld et al. 2020):
@@ -80,6 +81,8 @@ class TrimConfig:
     max_iters: int = 5
 
     DEFAULT_EPSILON = 0.05
+    regression = True
+    """TRIM also defends regression (squared residuals: the paper's own setting)."""
 
     def validate(self, where: str = "defense") -> None:
         if self.epsilon is not None and self.keep_fraction is not None:
@@ -123,13 +126,22 @@ def _fitter(ctx: DefenseInputs, name: str) -> Any:
     return fit
 
 
+def squared_residuals(data: Dataset, batch_size: int = 2048) -> Any:
+    """``losses(model)``: per-row squared residual ``(f(x) - y)^2`` of a regressor over all rows of ``data``."""
+    from ..train import predict_logits
+
+    y = data.y.double().numpy()
+    return lambda model: (predict_logits(model, data.x, batch_size, desc="residuals")[:, 0].double().numpy() - y) ** 2
+
+
 def trim_defense(cfg: TrimConfig, ctx: DefenseInputs) -> DefenseOutcome:
     """TRIM with the victim's learner on ``ctx.train``; the defended model is the last fit."""
     name = cfg.label or cfg.name
     fit = _fitter(ctx, name)
     assert ctx.train is not None
     n = len(ctx.train)
-    res = trim(fit, cross_entropy_losses(ctx.train), n, trim_keep_count(cfg, n), cfg.max_iters)
+    losses = squared_residuals(ctx.train) if ctx.train.is_regression else cross_entropy_losses(ctx.train)
+    res = trim(fit, losses, n, trim_keep_count(cfg, n), cfg.max_iters)
     extra = {**removal_report(res.removed, ctx), "retrained": True, "kept": int(res.kept.sum()),
              "iterations": res.iterations, "changes": res.changes, "converged": res.converged, "fits": res.fits}
     return DefenseOutcome(res.model, extra=extra, removed=res.removed.copy())

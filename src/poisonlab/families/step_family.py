@@ -77,6 +77,13 @@ class StepFamily:
         return experiment_hash(cfg.to_dict(), self.name)
 
     # -- grid cells -----------------------------------------------------------------
+    def headline(self, regression: bool = False) -> dict[str, str]:
+        """The metrics a grid averages: the measure's headline (its ``regression_headline`` for a
+        regression run, when it has one)."""
+        if regression and hasattr(self.measure, "regression_headline"):
+            return self.measure.regression_headline
+        return self.measure.headline
+
     def check_grid_attack(self, label: str, section: dict[str, Any]) -> None:
         from ..attacks import build_attack
 
@@ -115,7 +122,7 @@ class StepFamily:
         victim = victim_metrics(metrics)
         if victim is None:
             raise KeyError("victim")
-        keys = list(self.measure.headline)
+        keys = list(self.headline(is_regression_run(metrics)))
         out = {"none": {**{k: victim.get(k) for k in keys}, "defense_seconds": 0.0}}
         for d in defenses:
             m = metrics["defenses"][d]
@@ -123,16 +130,20 @@ class StepFamily:
         return out
 
     def cell_record(self, metrics: dict[str, Any], defenses: list[str]) -> dict[str, Any]:
-        return {"summary": self.cell_summary(metrics, defenses),
-                "baseline_clean_accuracy": metrics["baseline"]["clean_accuracy"]}
+        base = metrics["baseline"]
+        if is_regression_run(metrics):
+            return {"summary": self.cell_summary(metrics, defenses), "baseline_clean_accuracy": None,
+                    "baseline_test_mse": base["test_mse"]}
+        return {"summary": self.cell_summary(metrics, defenses), "baseline_clean_accuracy": base["clean_accuracy"]}
 
     def cell_done(self, metrics: dict[str, Any], defenses: list[str], cfg: Any) -> bool:
         """Whether a cell's metrics hold every number the grid reads, of the right type (the
         first headline metric and the seconds must be numbers; the others numbers or None)."""
         try:
             cells = self.cell_summary(metrics, defenses)
-            first, *rest = list(self.measure.headline)
-            numbers = [metrics["baseline"]["clean_accuracy"], *(c[k] for c in cells.values()
+            regression = is_regression_run(metrics)
+            first, *rest = list(self.headline(regression))
+            numbers = [metrics["baseline"]["test_mse" if regression else "clean_accuracy"], *(c[k] for c in cells.values()
                                                                  for k in (first, "defense_seconds"))]
             optional = [c[k] for c in cells.values() for k in rest]
         except (KeyError, TypeError, AttributeError, IndexError, ValueError):
@@ -143,12 +154,13 @@ class StepFamily:
     def grid_rows(self, cells: list[dict[str, Any]], grid: Any) -> list[dict[str, Any]]:
         """Numeric rows, one per (attack, defense incl. ``none``), aggregated over the cells' seeds."""
         rows = []
+        headline = self.headline(is_regression_grid(cells))
         for attack in grid.attacks:
             mine = [c for c in cells if c["attack"] == attack]
             for d in ["none", *grid.defenses]:
                 got = [c["summary"][d] for c in mine]
                 rows.append({"attack": attack, "defense": d, "n_seeds": len(mine),
-                             **stats({short(k): [g[k] for g in got] for k in self.measure.headline}),
+                             **stats({short(k): [g.get(k) for g in got] for k in headline}),
                              "defense_seconds_mean": mean_std([g["defense_seconds"] for g in got])[0],
                              "total_seconds_mean": mean_std([c["total_seconds"] for c in mine])[0]})
         return rows
@@ -156,10 +168,15 @@ class StepFamily:
     def display_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, str]]:
         """The printed table: rates as ``mean ± std`` in percent (std in percentage points)."""
         out = []
+        regression = hasattr(self.measure, "regression_headline") and bool(rows) and all(
+            f"{short(k)}_mean" in rows[0] for k in self.measure.regression_headline)
+        headline = self.headline(regression)
+        display = getattr(self.measure, "display", {})
         for r in rows:
             row = {"attack": r["attack"], "defense": r["defense"]}
-            for k, title in self.measure.headline.items():
-                row[f"{title} (mean ± std)"] = pm(r[f"{short(k)}_mean"], r[f"{short(k)}_std"])
+            for k, title in headline.items():
+                scale, digits = display.get(k, (100.0, 2))
+                row[f"{title} (mean ± std)"] = pm(r[f"{short(k)}_mean"], r[f"{short(k)}_std"], scale, digits)
             row.update({"defense s": "–" if r["defense"] == "none" else f"{r['defense_seconds_mean']:.1f}",
                         "run s": f"{r['total_seconds_mean']:.1f}", "seeds": str(r["n_seeds"])})
             out.append(row)
@@ -169,6 +186,16 @@ class StepFamily:
 def short(metric: str) -> str:
     """A metric's name in grid rows (``attack_success_rate`` -> ``attack_success``)."""
     return metric[:-5] if metric.endswith("_rate") else metric
+
+
+def is_regression_run(metrics: dict[str, Any]) -> bool:
+    """Whether a run's metrics are a regression run's (its clean reference has a test MSE)."""
+    return "test_mse" in metrics.get("baseline", {})
+
+
+def is_regression_grid(cells: list[dict[str, Any]]) -> bool:
+    """Whether a grid's cells are regression runs (their records hold the clean test MSE)."""
+    return bool(cells) and all(c.get("baseline_test_mse") is not None for c in cells)
 
 
 def attack_family(attack: dict[str, Any] | None) -> str:

@@ -4,7 +4,10 @@
 (:func:`poisonlab.train.predict_logits`, evaluation, defenses that only read outputs) treats
 it like a network: ``forward(x)`` returns float32 logits (N, num_classes), namely
 ``log(predict_proba)`` (clipped at 1e-12) placed on the columns of ``estimator.classes_``,
-else ``decision_function`` scores, else a one-hot of ``predict``. It has no parameters, so
+else ``decision_function`` scores, else a one-hot of ``predict``. A regressor (``ols``,
+``ridge-regression``, ``lasso``, ``elastic-net``; :attr:`EstimatorModel.regression`) is fitted on
+float responses and ``forward`` returns its prediction as one column (N, 1) (Jagielski et al.,
+S&P 2018, poison these learners). It has no parameters, so
 its ``state_dict()`` is empty; it is trained by :meth:`EstimatorModel.fit_arrays` (through
 :func:`poisonlab.models.learners.fit_learner`), not by the gradient trainer.
 
@@ -47,6 +50,8 @@ class EstimatorModel(nn.Module):
         self.estimator = estimator
         self.num_classes = int(num_classes)
         self.name = name or type(estimator).__name__
+        self.regression = is_regressor(estimator)
+        """A regressor: fitted on float responses, ``forward`` gives (N, 1) predictions."""
 
     def extra_repr(self) -> str:
         return f"{self.name}: {one_line(repr(self.estimator), 200)}, num_classes={self.num_classes}"
@@ -61,7 +66,7 @@ class EstimatorModel(nn.Module):
         if "random_state" in params:
             self.estimator.set_params(random_state=int(seed) % 2**32)
         xs = _features(x)
-        ys = y.detach().to("cpu", torch.int64).numpy()
+        ys = y.detach().to("cpu", torch.float64 if self.regression else torch.int64).numpy()
         try:
             self.estimator.fit(xs, ys)
         except (ValueError, TypeError) as exc:  # sklearn's parameter and data errors
@@ -71,6 +76,11 @@ class EstimatorModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         est = self.estimator
+        if self.regression:
+            if not hasattr(est, "coef_") and not hasattr(est, "n_features_in_"):
+                raise PoisonlabError(f"model '{self.name}' is not fitted yet; train it before predicting")
+            pred = np.asarray(est.predict(_features(x)), dtype=np.float64).reshape(len(x), 1)
+            return torch.from_numpy(pred.astype(np.float32)).to(x.device)
         if not hasattr(est, "classes_"):
             raise PoisonlabError(f"model '{self.name}' is not fitted yet; train it before predicting")
         xs = _features(x)
@@ -90,6 +100,16 @@ class EstimatorModel(nn.Module):
             out = np.zeros((n, c))
             out[np.arange(n), pred] = 1.0
         return torch.from_numpy(out.astype(np.float32)).to(x.device)
+
+
+def is_regressor(estimator: Any) -> bool:
+    """Whether ``estimator`` is a scikit-learn regressor (its tags, else ``_estimator_type``)."""
+    try:
+        from sklearn.base import is_regressor as sk_is_regressor
+
+        return bool(sk_is_regressor(estimator))
+    except Exception:  # noqa: BLE001  (an object that is no scikit-learn estimator)
+        return getattr(estimator, "_estimator_type", None) == "regressor"
 
 
 def _features(x: torch.Tensor) -> np.ndarray:

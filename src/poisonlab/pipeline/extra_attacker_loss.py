@@ -11,6 +11,8 @@ from .extras import EXTRAS
 @EXTRAS.register("attacker-loss-plot")
 class AttackerLossPlotStep:
     key = "attacker_loss_plot"
+    regression = True
+    """Also drawn for OptP on regression data (its validation MSE)."""
 
     @staticmethod
     def enabled(cfg: Any) -> bool:

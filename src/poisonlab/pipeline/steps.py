@@ -57,9 +57,12 @@ def load(ctx: Context) -> None:
     if (ctx.defenses or cfg.pruning_aware is not None) and ctx.val is None:
         raise PoisonlabError("defenses and the pruning-aware attack decide on a clean validation split; "
                              "set data.val_fraction > 0")
+    from .task_checks import check_task
     from .victim_fit import check_recipe
 
-    check_recipe(ctx, new_model(ctx, ctx.train))  # an unknown model, bad options or recipe fail before training
+    model = new_model(ctx, ctx.train)
+    check_task(ctx, model)  # regression data: a regressor, an attack and defenses that support it
+    check_recipe(ctx, model)  # an unknown model, bad options or recipe fail before training
     run_stage(ctx, "check")
     run_stage(ctx, "after_data")
     if ctx.defenses:  # a defense whose needs this experiment does not meet fails here, before any training
@@ -136,7 +139,8 @@ def measure(ctx: Context) -> None:
         "platform": platform.platform(), "torch": torch.__version__,
         "threads": torch.get_num_threads(),  # CPU sums (so the last digits) can depend on it
         "data": {"name": cfg.data.name, "train": len(ctx.train), "validation": len(ctx.val) if ctx.val else 0,
-                 "test": len(test), "classes": test.num_classes, "shape": list(test.x.shape[1:])},
+                 "test": len(test), "classes": test.num_classes, "shape": list(test.x.shape[1:]),
+                 **({"task": "regression"} if test.is_regression else {})},
         "baseline": model_metrics(ctx.clean, base_eval),
     }
     victim = ctx.victim
@@ -151,6 +155,9 @@ def measure(ctx: Context) -> None:
     ctx.metrics["victim_label"] = victim.label
     if "clean_error" in base_eval and "clean_error" in victim.metrics:
         ctx.metrics["clean_error_increase"] = victim.metrics["clean_error"] - base_eval["clean_error"]
+    if "test_mse" in base_eval and "test_mse" in victim.metrics:  # regression (Jagielski et al. 2018)
+        ctx.metrics["test_mse_increase"] = victim.metrics["test_mse"] - base_eval["test_mse"]
+        ctx.metrics["test_mse_ratio"] = victim.metrics["test_mse"] / max(base_eval["test_mse"], 1e-300)
 
 
 def analyse(ctx: Context) -> None:
