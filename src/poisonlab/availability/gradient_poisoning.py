@@ -135,6 +135,16 @@ def infer_surrogate(model: Any, x: np.ndarray) -> SurrogateSpec:
                          f"ridge regression; {fix}")
 
 
+def check_ascent(c: Any) -> None:
+    """The keys of the projected ascent shared by gradient poisoning and OptP (one-line errors)."""
+    need_int(c.steps, "attack.steps", 1, 10_000, "projected steps per point")
+    need_int(c.passes, "attack.passes", 1, 100, "passes over the poisons")
+    need_number(c.step_size, "attack.step_size", 0, 10, low_open=True, what="share of the box diagonal")
+    need_number(c.tol, "attack.tol", 0, 1e6)
+    if c.mode not in ("sequential", "joint"):
+        raise PoisonlabError(f"attack.mode must be sequential or joint, got {shown(c.mode)}")
+
+
 @ATTACKS.register("gradient-poisoning")
 class GradientPoisoning(AvailabilityAttack):
     """Biggio et al.'s gradient poisoning, any of three surrogates (see module docstring)."""
@@ -144,12 +154,7 @@ class GradientPoisoning(AvailabilityAttack):
 
     def validate(self) -> None:
         c = self.cfg
-        need_int(c.steps, "attack.steps", 1, 10_000, "projected steps per point")
-        need_int(c.passes, "attack.passes", 1, 100, "passes over the poisons")
-        need_number(c.step_size, "attack.step_size", 0, 10, low_open=True, what="share of the box diagonal")
-        need_number(c.tol, "attack.tol", 0, 1e6)
-        if c.mode not in ("sequential", "joint"):
-            raise PoisonlabError(f"attack.mode must be sequential or joint, got {shown(c.mode)}")
+        check_ascent(c)
         if isinstance(c.box, str):
             if c.box != "auto":
                 raise PoisonlabError(f"attack.box must be auto or [low, high], got {shown(c.box)}")

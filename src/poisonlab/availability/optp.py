@@ -26,11 +26,10 @@ import numpy as np
 import torch
 
 from ..attacks.base import ATTACKS, PoisonResult
-from ..checks import need_int, need_number
 from ..data.base import Dataset
 from ..errors import PoisonlabError, shown
 from .base import AvailabilityAttack, add_rows
-from .gradient_poisoning import _Ascent, _projection
+from .gradient_poisoning import _Ascent, _projection, check_ascent
 from .regression import LinearLearner, arrays, attacker_rows, infer_spec, need_regression, parse_spec, unit_or_range
 
 
@@ -71,12 +70,7 @@ class OptP(AvailabilityAttack):
 
     def validate(self) -> None:
         c = self.cfg
-        need_int(c.steps, "attack.steps", 1, 10_000, "projected steps per point")
-        need_int(c.passes, "attack.passes", 1, 100, "passes over the poisons")
-        need_number(c.step_size, "attack.step_size", 0, 10, low_open=True, what="share of the box diagonal")
-        need_number(c.tol, "attack.tol", 0, 1e6)
-        if c.mode not in ("sequential", "joint"):
-            raise PoisonlabError(f"attack.mode must be sequential or joint, got {shown(c.mode)}")
+        check_ascent(c)
         if c.init not in ("inverse", "boundary"):
             raise PoisonlabError(f"attack.init must be inverse or boundary, got {shown(c.init)}")
         if not isinstance(c.optimize_response, bool):
