@@ -52,43 +52,19 @@ def _run_config(config: Path, overrides: list[str], quiet: bool, trust_code: boo
     from . import progress
     from .families import load_any_config
     from .models.imports import set_trust_code
+    from .reference_export import check_save_reference, save_reference_weights
 
     set_trust_code(trust_code)
     fam, cfg = load_any_config(config, overrides, family=family, **top)
     if save_reference is not None:
-        _check_save_reference(cfg, save_reference)
+        check_save_reference(cfg, save_reference)
     if quiet:
         progress.set_enabled(False)
     outcome = fam.run(cfg)
     fam.print_run(cfg, outcome, typer.echo)
     if save_reference is not None:
-        _save_reference(outcome, save_reference)
+        save_reference_weights(outcome, save_reference)
         typer.echo(f"clean reference's weights: {save_reference}")
-
-
-def _check_save_reference(cfg: Any, target: Path) -> None:
-    """--save-reference needs a run that writes its clean reference's weights, to a .safetensors path."""
-    output = getattr(cfg, "output", None)
-    if output is None or not hasattr(cfg, "model") or not getattr(output, "save_weights", False):
-        raise PoisonlabError("--save-reference needs a run that saves its clean reference's weights "
-                             "(a backdoor or targeted config with output.save_weights: true)")
-    if target.suffix != ".safetensors":
-        raise PoisonlabError(f"--save-reference writes safetensors; name a .safetensors file, got '{target}'")
-
-
-def _save_reference(outcome: Any, target: Path) -> None:
-    """Copy the run's ``weights/baseline.safetensors`` to ``target`` (written whole, then renamed)."""
-    import os
-    import shutil
-
-    source = Path(outcome.path) / "weights" / "baseline.safetensors"
-    if not source.is_file():
-        raise PoisonlabError(f"the run wrote no clean reference's weights ({source} is missing; a scikit-learn "
-                             f"learner has none)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.partial")
-    shutil.copyfile(source, partial)
-    os.replace(partial, target)
 
 
 def _paths(set_: list[str], data_dir: Optional[Path], output: Optional[Path], download: bool = False) -> list[str]:
