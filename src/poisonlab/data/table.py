@@ -301,12 +301,7 @@ def build_split(train: Table, test: Table | None, options: dict[str, Any]) -> tu
     if len(set(y_raw)) < 2:
         raise PoisonlabError(f"{train.source}: the label '{label}' has one value only ({shown(y_raw[0])}) in the "
                              "training rows; a classifier needs at least 2 classes")
-    feats = [i for i in range(len(train.header)) if i != li and i not in dropped]
-    names = [train.header[i] for i in feats]
-    tr_cols = [train.columns[i] for i in feats]
-    te_cols = [test.columns[i] for i in feats] if test is not None else None
-    numeric = [i not in forced and _is_numeric(c) and (te_cols is None or _is_numeric(te_cols[k]))
-               for k, (i, c) in enumerate(zip(feats, tr_cols))]
+    names, tr_cols, te_cols, numeric = _feature_columns(train, test, li, dropped, forced)
     if te_cols is None:
         tr_idx, te_idx = stratified_split(y, options["test_fraction"], options["split_seed"], train.source)
         te_cols = [[c[j] for j in te_idx] for c in tr_cols]
@@ -319,6 +314,19 @@ def build_split(train: Table, test: Table | None, options: dict[str, Any]) -> tu
     x_te, meta_te = encoder.transform(te_cols)
     return DataSplit(Dataset(torch.from_numpy(x_tr), torch.from_numpy(y), classes, meta_tr),
                      Dataset(torch.from_numpy(x_te), torch.from_numpy(y_test), list(classes), meta_te)), encoder
+
+
+def _feature_columns(train: Table, test: Table | None, li: int, dropped: set[int],
+                     forced: set[int]) -> tuple[list[str], list[list[str]], list[list[str]] | None, list[bool]]:
+    """The feature columns (all but the label and the dropped ones): names, training and test
+    values, and whether each is numeric in both (``forced`` ones are categorical)."""
+    feats = [i for i in range(len(train.header)) if i != li and i not in dropped]
+    names = [train.header[i] for i in feats]
+    tr_cols = [train.columns[i] for i in feats]
+    te_cols = [test.columns[i] for i in feats] if test is not None else None
+    numeric = [i not in forced and _is_numeric(c) and (te_cols is None or _is_numeric(te_cols[k]))
+               for k, (i, c) in enumerate(zip(feats, tr_cols))]
+    return names, tr_cols, te_cols, numeric
 
 
 def _responses(table: Table, col: int, values: list[str]) -> np.ndarray:
@@ -339,12 +347,7 @@ def _regression_split(train: Table, test: Table | None, options: dict[str, Any],
     """:func:`build_split` for ``task: regression``: float32 responses, no classes, a random test split."""
     y = _responses(train, li, y_raw)
     y_test = _responses(test, li, y_test_raw) if test is not None and y_test_raw is not None else None
-    feats = [i for i in range(len(train.header)) if i != li and i not in dropped]
-    names = [train.header[i] for i in feats]
-    tr_cols = [train.columns[i] for i in feats]
-    te_cols = [test.columns[i] for i in feats] if test is not None else None
-    numeric = [i not in forced and _is_numeric(c) and (te_cols is None or _is_numeric(te_cols[k]))
-               for k, (i, c) in enumerate(zip(feats, tr_cols))]
+    names, tr_cols, te_cols, numeric = _feature_columns(train, test, li, dropped, forced)
     if te_cols is None:
         tr_idx, te_idx = random_split(len(y), options["test_fraction"], options["split_seed"], train.source)
         te_cols = [[c[j] for j in te_idx] for c in tr_cols]
