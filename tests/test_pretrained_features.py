@@ -196,3 +196,19 @@ def test_cached_features_train_the_last_layer_as_the_whole_network_would(one_thr
     fit_last_layer(s, data, TrainConfig(epochs=1, batch_size=16, lr=0.1, trainable="last"), 0, "cpu", None, "s")
     moved = sorted(k for k, v in s.state_dict().items() if not torch.equal(v, before[k]))
     assert moved == ["net.out.bias", "net.out.weight"]
+
+
+def test_save_reference_into_an_unwritable_place_is_one_line(tmp_path):
+    from types import SimpleNamespace
+
+    from poisonlab.reference_export import save_reference_weights
+
+    run = tmp_path / "run"
+    (run / "weights").mkdir(parents=True)
+    save_file({"w": torch.zeros(2)}, str(run / "weights" / "baseline.safetensors"))
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    one_line(r"^--save-reference cannot write '.*file/w.safetensors': .*; name a file in a writable folder$",
+             save_reference_weights, SimpleNamespace(path=run), blocker / "w.safetensors")
+    save_reference_weights(SimpleNamespace(path=run), tmp_path / "ok" / "w.safetensors")
+    assert torch.equal(load_file(str(tmp_path / "ok" / "w.safetensors"))["w"], torch.zeros(2))

@@ -27,7 +27,13 @@ def save_reference_weights(outcome: Any, target: Path) -> None:
     if not source.is_file():
         raise PoisonlabError(f"the run wrote no clean reference's weights ({source} is missing; a scikit-learn "
                              f"learner has none)")
-    target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.partial")
-    shutil.copyfile(source, partial)
-    os.replace(partial, target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, partial)
+        os.replace(partial, target)
+    except OSError as exc:
+        if partial.parent.is_dir():
+            partial.unlink(missing_ok=True)  # nothing half-written is left behind
+        raise PoisonlabError(f"--save-reference cannot write '{target}': {exc.strerror or exc}; "
+                             f"name a file in a writable folder") from None
