@@ -139,16 +139,16 @@ def test_white_box_surrogates_are_the_references():
 
 # -- 2. the secml tutorial's toy case --------------------------------------------------------
 def _tutorial_split(seed):
-    """300 points of two Gaussian blobs (centres -+1, std 0.9), 100 train / 100 validation /
-    100 test, disjoint, scaled to [0, 1] on the training rows."""
-    from sklearn.datasets import make_blobs
+    """The split of examples/availability_blobs.py (300 points of two Gaussian blobs, 100 train /
+    100 validation / 100 test, disjoint, scaled to [0, 1] on the training rows): one definition."""
+    import importlib.util
+    from pathlib import Path
 
-    x, y = make_blobs(n_samples=300, centers=[[-1, -1], [1, 1]], cluster_std=0.9, random_state=seed)
-    perm = np.random.default_rng(seed).permutation(300)
-    low, high = x[perm[:100]].min(0), x[perm[:100]].max(0)
-    x = (x - low) / (high - low)
-    return [Dataset(torch.tensor(x[i], dtype=torch.float32), torch.tensor(y[i]), ["a", "b"])
-            for i in (perm[:100], perm[100:200], perm[200:])]
+    path = Path(__file__).resolve().parents[1] / "examples" / "availability_blobs.py"
+    spec = importlib.util.spec_from_file_location("availability_blobs", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.split(seed)
 
 
 def _svm_test_correct(train, test):

@@ -30,7 +30,8 @@ from ..data.base import Dataset
 from ..errors import PoisonlabError, shown
 from .base import AvailabilityAttack, add_rows
 from .gradient_poisoning import _Ascent, _projection, check_ascent
-from .regression import LinearLearner, arrays, attacker_rows, infer_spec, need_regression, parse_spec, unit_or_range
+from .regression import (LinearLearner, arrays, attacker_rows, far_responses, infer_spec, need_regression, parse_spec,
+                         unit_or_range)
 
 
 @dataclass
@@ -55,9 +56,7 @@ class OptPConfig:
 
 def initial_responses(y: np.ndarray, init: str, low: float, high: float) -> np.ndarray:
     """The paper's flipped responses: ``low + high - y`` (inverse) or the farther end (boundary)."""
-    if init == "inverse":
-        return low + high - y
-    return np.where(y <= (low + high) / 2, high, low)
+    return low + high - y if init == "inverse" else far_responses(y, low, high)
 
 
 @ATTACKS.register("optp")

@@ -253,3 +253,8 @@ def need_regression(train: Any, attack: str) -> None:
     if not train.is_regression:
         raise PoisonlabError(f"attack '{attack}' poisons regression data (data.options.task: regression); "
                              "the data have classes")
+
+
+def far_responses(pred: np.ndarray, low: float, high: float) -> np.ndarray:
+    """For each prediction, the end of ``[low, high]`` farther from it (``high`` at the midpoint)."""
+    return np.where(pred <= (low + high) / 2, high, low)

@@ -22,7 +22,7 @@ from ..attacks.base import ATTACKS, PoisonResult
 from ..data.base import Dataset
 from ..errors import PoisonlabError
 from .base import AvailabilityAttack, add_rows
-from .regression import arrays, need_regression, unit_or_range
+from .regression import arrays, far_responses, need_regression, unit_or_range
 
 
 @dataclass
@@ -46,11 +46,6 @@ def statp_points(x: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
             out[:, j] = np.where(np.abs(draw[:, j] - values[0]) <= np.abs(draw[:, j] - values[1]),
                                  values[0], values[1])
     return out
-
-
-def far_responses(pred: np.ndarray, low: float, high: float) -> np.ndarray:
-    """For each prediction, the end of ``[low, high]`` farther from it (``high`` at the midpoint)."""
-    return np.where(pred <= (low + high) / 2, high, low)
 
 
 @ATTACKS.register("statp")
